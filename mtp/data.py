@@ -1,0 +1,215 @@
+"""Prompt sets and self-distillation: the base model's own greedy responses become the training data.
+
+Readers accept: JSONL with a `prompt` field (other fields kept), GSM8K-style JSONL (`question`),
+the eval sets' JSONL (`turns`), Self-Instruct JSONL (`instruction` + first instance input) and a
+Code-Alpaca-style JSON array (`instruction` + `input`). A malformed line is reported as file:line
+and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+import torch
+from tqdm import tqdm
+
+from .models import encode_prompt, load_model
+
+log = logging.getLogger("mtp.data")
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "prompts"
+BUNDLED_TRAIN = sorted((ASSETS / "train").glob("*.json*"))
+EVAL_SETS = {"math": "gsm8k", "code": "humaneval", "chat": "mt_bench", "knowledge": "qa",
+             "instructions": "alpaca", "summarisation": "sum"}
+_DOMAIN_BY_NAME = {"gsm8k": "math", "code": "code", "humaneval": "code", "self_instruct": "chat",
+                   "mt_bench": "chat", "qa": "knowledge", "alpaca": "instructions", "sum": "summarisation"}
+
+
+@dataclass
+class PromptRecord:
+    prompt: str
+    domain: str
+    source: str  # file:line, for messages
+    fields: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(self.prompt.encode()).hexdigest()[:16]
+
+
+def _domain_for(path: Path) -> str:
+    stem = path.stem.lower()
+    return next((domain for name, domain in _DOMAIN_BY_NAME.items() if name in stem), "general")
+
+
+def _prompt_of(obj: dict) -> str | None:
+    if isinstance(obj.get("prompt"), str):
+        return obj["prompt"]
+    if isinstance(obj.get("question"), str):
+        return obj["question"]
+    turns = obj.get("turns")
+    if isinstance(turns, list) and turns and isinstance(turns[0], str):
+        return turns[0]
+    if isinstance(obj.get("instruction"), str):
+        extra = obj.get("input")
+        instances = obj.get("instances")
+        if not extra and isinstance(instances, list) and instances and isinstance(instances[0], dict):
+            extra = instances[0].get("input")
+        return obj["instruction"] + (f"\n\n{extra}" if isinstance(extra, str) and extra.strip() else "")
+    return None
+
+
+def read_prompts(path: str | Path) -> list[PromptRecord]:
+    """Prompt records from one file; bad lines are logged as file:line and skipped."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    default_domain = _domain_for(path)
+    text = path.read_text(encoding="utf-8", errors="replace")
+    entries: list[tuple[int, object]] = []
+    if path.suffix == ".json" or text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from error
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: a .json prompt file must hold an array of objects")
+        entries = [(index + 1, obj) for index, obj in enumerate(data)]
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entries.append((number, json.loads(line)))
+            except json.JSONDecodeError as error:
+                log.warning("%s:%d: skipped, not valid JSON (%s)", path, number, error.msg)
+    records = []
+    for number, obj in entries:
+        prompt = _prompt_of(obj) if isinstance(obj, dict) else None
+        if prompt is None or not prompt.strip():
+            log.warning("%s:%d: skipped, no prompt/question/turns/instruction text", path, number)
+            continue
+        domain = obj.get("domain") or default_domain
+        records.append(PromptRecord(prompt.strip(), str(domain), f"{path.name}:{number}", obj))
+    return records
+
+
+def read_prompt_files(paths: list[str | Path]) -> list[PromptRecord]:
+    return [record for path in paths for record in read_prompts(path)]
+
+
+def _finished_keys(out: Path) -> set[str]:
+    """Keys already written; a torn last line (killed mid-write) is cut off so the file stays valid."""
+    if not out.exists():
+        return set()
+    keys, good_bytes = set(), 0
+    with open(out, "rb") as handle:
+        for raw in handle:
+            try:
+                keys.add(json.loads(raw)["key"])
+            except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+                break
+            if not raw.endswith(b"\n"):
+                break
+            good_bytes += len(raw)
+    if good_bytes != out.stat().st_size:
+        with open(out, "r+b") as handle:
+            handle.truncate(good_bytes)
+        keys = {json.loads(line)["key"] for line in out.read_text().splitlines()}
+    return keys
+
+
+def select_prompts(records: list[PromptRecord], limit: int | None, seed: int,
+                   per_domain: dict[str, int] | None = None) -> list[PromptRecord]:
+    """A deterministic, de-duplicated selection (seeded shuffle, optional per-domain caps)."""
+    unique = list({record.key: record for record in records}.values())
+    random.Random(seed).shuffle(unique)
+    if per_domain:
+        taken: dict[str, int] = {}
+        chosen = []
+        for record in unique:
+            if taken.get(record.domain, 0) < per_domain.get(record.domain, 0):
+                chosen.append(record)
+                taken[record.domain] = taken.get(record.domain, 0) + 1
+        unique = chosen
+    return unique[:limit] if limit else unique
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """Greedy responses for a batch (left padding); each ends at and includes EOS if reached."""
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+    output = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=False,
+                            max_new_tokens=max_new_tokens, pad_token_id=pad)
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    responses = []
+    for row in output[:, width:].tolist():
+        cut = next((i + 1 for i, token in enumerate(row) if token in eos_ids), len(row))
+        responses.append(row[:cut])
+    return responses
+
+
+def distill(prompt_files: list[str | Path], out: str | Path, *, model_source: str | None = None,
+            max_new_tokens: int = 192, batch_size: int = 16, limit: int | None = None, seed: int = 0,
+            per_domain: dict[str, int] | None = None, max_prompt_tokens: int = 512,
+            chat_template: bool = True) -> Path:
+    """Write JSONL {key, domain, source, prompt, prompt_ids, response_ids}; resumable and kill-safe."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    records = select_prompts(read_prompt_files(prompt_files), limit, seed, per_domain)
+    done = _finished_keys(out)
+    todo = [r for r in records if r.key not in done]
+    log.info("%d prompts selected, %d already distilled, %d to go", len(records), len(records) - len(todo), len(todo))
+    if not todo:
+        return out
+    loaded = load_model(model_source)
+    encoded = []
+    for record in todo:
+        ids = encode_prompt(loaded.tokenizer, record.prompt, chat_template)
+        if len(ids) > max_prompt_tokens:
+            log.warning("%s: skipped, prompt has %d tokens (> %d)", record.source, len(ids), max_prompt_tokens)
+            continue
+        encoded.append((record, ids))
+    # Sort by length within windows: less padding per batch, while a partial file (a run that is
+    # still going) already holds the whole selection's mix of domains.
+    window = batch_size * 8
+    encoded = [item for start in range(0, len(encoded), window)
+               for item in sorted(encoded[start:start + window], key=lambda item: len(item[1]))]
+    with open(out, "a", encoding="utf-8") as handle, tqdm(total=len(encoded), desc="distill", unit="prompt",
+                                                         file=sys.stderr) as bar:
+        for start in range(0, len(encoded), batch_size):
+            batch = encoded[start:start + batch_size]
+            responses = generate_batch(loaded.model, loaded.tokenizer, [ids for _, ids in batch], max_new_tokens)
+            lines = [json.dumps({"key": r.key, "domain": r.domain, "source": r.source, "prompt": r.prompt,
+                                 "prompt_ids": ids, "response_ids": resp})
+                     for (r, ids), resp in zip(batch, responses)]
+            # One write + fsync per batch: a kill leaves at most one torn line, cut on resume.
+            handle.write("\n".join(lines) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+            bar.update(len(batch))
+    return out
+
+
+def read_distilled(path: str | Path) -> list[dict]:
+    """Distilled samples; malformed lines reported as file:line and skipped."""
+    samples = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                sample = json.loads(line)
+                if not sample["response_ids"] or not sample["prompt_ids"]:
+                    raise ValueError("empty prompt or response")
+                samples.append(sample)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                log.warning("%s:%d: skipped distilled sample (%s)", path, number, error)
+    return samples

