@@ -91,6 +91,8 @@ class MTPModel(nn.Module):
 
     def __init__(self, base: PreTrainedModel, config: MTPConfig) -> None:
         super().__init__()
+        if any(isinstance(m, GatedLoraLinear) for m in base.modules()):
+            raise ValueError("this base model already carries an MTP adapter: load a fresh base model")
         base.requires_grad_(False)
         model_dim = base.config.hidden_size
         lora = LoraConfig(
