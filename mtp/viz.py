@@ -1,0 +1,255 @@
+"""Plotly figures, pandas tables and HTML built only from Traces, probe results and training logs.
+
+Every number the demo shows passes through here; nothing here runs a model.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Callable, Iterable, Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .probe import VIEW_TITLES, LosslessResult, ProbeResult
+from .trace import Step, Trace
+
+COLORS = {"accepted": "#1b7a36", "rejected": "#c0392b", "bonus": "#1f5fbf"}
+BACKGROUNDS = {"accepted": "#d9f2df", "rejected": "#fbe0dd", "bonus": "#dce7fb"}
+METHOD_COLORS = {"autoregressive": "#7f7f7f", "linear": "#ff7f0e", "quadratic": "#1f77b4"}
+LEGEND = {
+    "accepted": "accepted draft",
+    "rejected": "rejected draft (never part of the output)",
+    "bonus": "bonus token (the model's own next token, free with every pass)",
+}
+
+Decode = Callable[[int], str]
+
+
+def token_decoder(tokenizer=None) -> Decode:
+    """id -> display text; without a tokenizer ids are shown as <id>."""
+    if tokenizer is None:
+        return lambda token: f"<{token}>"
+    return lambda token: tokenizer.decode([token])
+
+
+def _show(text: str) -> str:
+    """Token text as safe HTML; newlines and tabs made visible."""
+    return html.escape(text).replace("\n", "↵<br>").replace("\t", "⇥")
+
+
+def _label(text: str) -> str:
+    """Token text as a one-line label: spaces, newlines and tabs made visible."""
+    return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or "∅"
+
+
+# -- Future heatmap ----------------------------------------------------------------------------------
+def heatmap_figure(probe: ProbeResult) -> go.Figure:
+    """Offset (+1..+k, rows) × rank (1..N, columns) per view; cells: candidate token, colour: probability.
+
+    The token plain greedy decoding really produces at each offset is boxed where it is in the top N,
+    and its rank in the full distribution is written in the row label.
+    """
+    names = list(probe.views)
+    fig = make_subplots(rows=1, cols=len(names), shared_yaxes=False, horizontal_spacing=0.09,
+                        subplot_titles=[VIEW_TITLES.get(n, n) for n in names])
+    for col, name in enumerate(names, start=1):
+        view = probe.views[name]
+        rows = [f"+{i + 1} · rank {view.greedy_rank[i]}" for i in range(probe.k)]
+        cells = [[_label(probe.text(t)) for t in row] for row in view.top_ids]
+        hover = [[f"offset +{i + 1}<br>{html.escape(cells[i][j])}: p={view.top_probs[i][j]:.3f}"
+                  f"<br>greedy token {html.escape(_label(probe.text(probe.greedy_ids[i + 1])))} has rank "
+                  f"{view.greedy_rank[i]} (p={view.greedy_prob[i]:.3f})" for j in range(probe.top_n)]
+                 for i in range(probe.k)]
+        fig.add_trace(go.Heatmap(
+            z=view.top_probs, x=[f"#{j + 1}" for j in range(probe.top_n)], y=rows, text=cells,
+            texttemplate="%{text}", hovertext=hover, hoverinfo="text", zmin=0, zmax=1,
+            colorscale="Blues", showscale=col == len(names), name=name,
+            colorbar=dict(title="p", len=0.9),
+        ), row=1, col=col)
+        for i, row in enumerate(view.top_ids):
+            target = probe.greedy_ids[i + 1]
+            if target in row:
+                j = row.index(target)
+                fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
+                              line=dict(color="#e6550d", width=3), row=1, col=col)
+        fig.update_yaxes(autorange="reversed", row=1, col=col, tickfont=dict(size=11))
+    fig.update_layout(height=110 + 42 * probe.k, margin=dict(l=10, r=10, t=40, b=10),
+                      font=dict(size=12))
+    return fig
+
+
+def probe_table(probe: ProbeResult) -> pd.DataFrame:
+    """Per offset: the greedy token and its rank / probability in each view."""
+    data = {"offset": [f"+{i + 1}" for i in range(probe.k)],
+            "greedy token": [_label(probe.text(t)) for t in probe.greedy_ids[1:]]}
+    for name, view in probe.views.items():
+        data[f"{name} rank"] = view.greedy_rank
+        data[f"{name} p"] = [round(p, 4) for p in view.greedy_prob]
+    return pd.DataFrame(data)
+
+
+# -- Accepted vs rejected ----------------------------------------------------------------------------
+def step_tokens(step: Step) -> list[tuple[str, int]]:
+    """(kind, id) in display order: accepted drafts, rejected drafts, then the bonus token.
+
+    A step cut short by a stop (new_tokens < accepted + 1) shows only what reached the output.
+    """
+    kept = step.accepted + 1 if step.new_tokens <= 0 else step.new_tokens
+    parts = [("accepted", t) for t in step.drafts[:step.accepted]][:kept]
+    parts += [("rejected", t) for t in step.rejected]
+    if kept > step.accepted:
+        parts.append(("bonus", step.bonus))
+    return parts
+
+
+def output_tokens(steps: Iterable[Step]) -> list[int]:
+    """The output ids the steps produced (accepted drafts + bonus tokens, stops respected)."""
+    return [t for step in steps for kind, t in step_tokens(step) if kind != "rejected"]
+
+
+def legend_html() -> str:
+    items = "".join(
+        f'<span class="mtp-tok mtp-{kind}" style="{_style(kind)}">{kind}</span> {html.escape(text)}&nbsp;&nbsp; '
+        for kind, text in LEGEND.items())
+    return f'<div class="mtp-legend" style="margin-bottom:6px;font-size:0.9em">{items}</div>'
+
+
+def _style(kind: str) -> str:
+    style = f"color:{COLORS[kind]};background:{BACKGROUNDS[kind]};border-radius:3px;padding:0 1px;"
+    if kind == "rejected":
+        style += "text-decoration:line-through;opacity:0.85;"
+    if kind == "bonus":
+        style += "font-weight:600;"
+    return style
+
+
+def accept_reject_html(trace: Trace, tokenizer=None, upto_step: int | None = None) -> str:
+    """The output with every step's drafts, coloured by fate, replayed up to step `upto_step` (1-based)."""
+    decode = token_decoder(tokenizer)
+    shown = trace.steps if upto_step is None else trace.steps[:max(0, upto_step)]
+    spans = []
+    for number, step in enumerate(shown, start=1):
+        spans.append(f'<span class="mtp-step" data-step="{number}" title="step {number}: {step.accepted}/'
+                     f'{len(step.drafts)} drafts accepted" style="border-left:1px dotted #999;margin-left:1px">')
+        for kind, token in step_tokens(step):
+            spans.append(f'<span class="mtp-tok mtp-{kind}" style="{_style(kind)}">{_show(decode(token))}</span>')
+        spans.append("</span>")
+    status = (f"step {len(shown)} of {len(trace.steps)} · {len(output_tokens(shown))} tokens · "
+              f"{sum(s.accepted for s in shown)} of {sum(len(s.drafts) for s in shown)} drafts accepted")
+    return (legend_html() + f'<div class="mtp-status" style="font-size:0.85em;color:#666">{status}</div>'
+            f'<div class="mtp-output" style="white-space:pre-wrap;line-height:1.7;font-family:monospace">'
+            + "".join(spans) + "</div>")
+
+
+def steps_table(trace: Trace, tokenizer=None) -> pd.DataFrame:
+    """One row per forward pass: drafts, how many were accepted, the bonus token, time."""
+    decode = token_decoder(tokenizer)
+
+    def join(ids: Sequence[int]) -> str:
+        return " | ".join(_label(decode(t)) for t in ids)
+
+    return pd.DataFrame({
+        "step": list(range(1, len(trace.steps) + 1)),
+        "drafts": [join(s.drafts) for s in trace.steps],
+        "accepted": [s.accepted for s in trace.steps],
+        "of": [len(s.drafts) for s in trace.steps],
+        "rejected": [join(s.rejected) for s in trace.steps],
+        "bonus": [_label(decode(s.bonus)) for s in trace.steps],
+        "new tokens": [len([k for k, _ in step_tokens(s) if k != "rejected"]) for s in trace.steps],
+        "input length": [s.input_length for s in trace.steps],
+        "ms": [round(s.seconds * 1000, 1) for s in trace.steps],
+    }, columns=["step", "drafts", "accepted", "of", "rejected", "bonus", "new tokens", "input length", "ms"])
+
+
+def offset_acceptance_figure(trace: Trace) -> go.Figure:
+    """Per-offset acceptance: of the steps that proposed a draft at offset i, the share accepting it."""
+    proposed = [sum(len(s.drafts) >= i for s in trace.steps) for i in range(1, trace.k + 1)]
+    accepted = [sum(len(s.drafts) >= i and s.accepted >= i for s in trace.steps) for i in range(1, trace.k + 1)]
+    rates = trace.per_offset_acceptance
+    fig = go.Figure(go.Bar(
+        x=[f"+{i}" for i in range(1, trace.k + 1)], y=rates, marker_color=COLORS["accepted"],
+        text=[f"{a}/{p}" for a, p in zip(accepted, proposed)], textposition="outside",
+        hovertemplate="offset %{x}: %{y:.2f} (%{text})<extra></extra>",
+    ))
+    fig.update_layout(title=f"Per-offset acceptance ({trace.method}, k={trace.k})", xaxis_title="draft offset",
+                      yaxis=dict(title="accepted ÷ proposed", range=[0, 1.15]), height=320,
+                      margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def trace_summary(trace: Trace) -> dict[str, float | int | str]:
+    """The DESIGN §5 metrics of one trace, rounded for display."""
+    return {
+        "method": trace.method, "k": trace.k, "new tokens": trace.new_tokens, "forward passes": trace.forward_passes,
+        "τ (tokens per step)": round(trace.tokens_per_step, 3),
+        "draft acceptance": round(trace.draft_acceptance_rate, 3),
+        "tokens/s": round(trace.tokens_per_second, 2), "wall s": round(trace.seconds, 3),
+        "stop": trace.stop_reason,
+    }
+
+
+# -- Race --------------------------------------------------------------------------------------------
+def trace_points(trace: Trace) -> list[tuple[float, int]]:
+    """(seconds since start, tokens so far) after each forward pass, from the trace's step times."""
+    points, elapsed, tokens = [(0.0, 0)], 0.0, 0
+    for step in trace.steps:
+        elapsed += step.seconds
+        tokens += len([k for k, _ in step_tokens(step) if k != "rejected"])
+        points.append((elapsed, tokens))
+    return points
+
+
+def race_figure(series: dict[str, Sequence[tuple[float, int]]]) -> go.Figure:
+    """Tokens vs time, one line per method (each from its own start)."""
+    fig = go.Figure()
+    for method, points in series.items():
+        fig.add_trace(go.Scatter(
+            x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name=method,
+            line=dict(shape="hv", color=METHOD_COLORS.get(method)), marker=dict(size=4),
+        ))
+    fig.update_layout(title="Tokens generated vs time", xaxis_title="seconds", yaxis_title="tokens",
+                      height=340, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def race_table(traces: dict[str, Trace]) -> pd.DataFrame:
+    return pd.DataFrame([trace_summary(t) for t in traces.values()])
+
+
+# -- Lossless check ----------------------------------------------------------------------------------
+def lossless_table(result: LosslessResult) -> pd.DataFrame:
+    return pd.DataFrame({
+        "comparison": [
+            "masks appended (gate at masks) vs plain base, same tensor shape",
+            "masks appended (gate at masks) vs plain base on the real tokens alone",
+            "gate forced ON everywhere vs plain base, same tensor shape",
+        ],
+        "max |Δ logit| over real tokens": [result.max_delta_same_shape, result.max_delta_base_alone,
+                                           result.max_delta_gate_on],
+        "next-token argmax unchanged": [result.argmax_same, result.argmax_same, result.argmax_same_gate_on],
+    })
+
+
+# -- Training ----------------------------------------------------------------------------------------
+def loss_terms(records: Sequence[dict]) -> list[str]:
+    """Numeric loss fields present in the log records, in first-seen order."""
+    names: list[str] = []
+    for record in records:
+        for key, value in record.items():
+            if key.startswith("loss") and isinstance(value, (int, float)) and key not in names:
+                names.append(key)
+    return names
+
+
+def loss_figure(records: Sequence[dict]) -> go.Figure:
+    """Each loss term against the optimizer step."""
+    fig = go.Figure()
+    for name in loss_terms(records):
+        rows = [r for r in records if isinstance(r.get(name), (int, float))]
+        fig.add_trace(go.Scatter(x=[r.get("step", i) for i, r in enumerate(rows)], y=[r[name] for r in rows],
+                                 mode="lines", name=name))
+    fig.update_layout(title="Training losses", xaxis_title="step", yaxis_title="loss", height=340,
+                      margin=dict(l=10, r=10, t=40, b=10))
+    return fig

@@ -1,0 +1,80 @@
+"""Shared helpers for the demo's tests: hand-built traces, a fake tokenizer, the app server process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from mtp.trace import Step, Trace
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+class LetterTokenizer:
+    """Token id i decodes to one character, so expected HTML/text can be written by hand."""
+
+    alphabet = "abcdefghijklmnopqrstuvwxyz <&\n"
+
+    def decode(self, ids):
+        return "".join(self.alphabet[i % len(self.alphabet)] for i in ids)
+
+
+def recorded_trace() -> Trace:
+    """A quadratic k=3 run written out by hand: 4 passes, 9 tokens, one cut by max_new_tokens."""
+    steps = [
+        Step(drafts=[], accepted=0, bonus=7, seconds=0.20, input_length=12, new_tokens=1),  # prefill: 'h'
+        Step(drafts=[4, 11, 11], accepted=3, bonus=14, seconds=0.10, input_length=16, new_tokens=4),  # 'ello'
+        Step(drafts=[26, 22, 9], accepted=1, bonus=14, seconds=0.10, input_length=16, new_tokens=2),  # ' ' + 'o', 'wj' rejected
+        Step(drafts=[17, 11, 3], accepted=2, bonus=5, seconds=0.10, input_length=16, new_tokens=2),  # 'rl' (cut)
+    ]
+    return Trace(method="quadratic", k=3, prompt_ids=[1, 2, 3], token_ids=[7, 4, 11, 11, 14, 26, 14, 17, 11],
+                 text="hello orl", steps=steps, seconds=0.55, stop_reason="max_new_tokens")
+
+
+def autoregressive_trace(token_ids: list[int], seconds_per_step: float = 0.05) -> Trace:
+    steps = [Step(drafts=[], accepted=0, bonus=t, seconds=seconds_per_step, input_length=1, new_tokens=1)
+             for t in token_ids]
+    return Trace(method="autoregressive", k=3, prompt_ids=[1], token_ids=list(token_ids), steps=steps,
+                 seconds=seconds_per_step * len(token_ids), stop_reason="max_new_tokens")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(port: int, extra_env: dict | None = None, timeout: float = 240.0) -> subprocess.Popen:
+    """`python app.py` on a free port with the real embedded model; waits until the page answers."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = open(ARTIFACTS / f"app-{port}.log", "w")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(extra_env or {}))
+    proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}; see {log.name}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/gradio_api/info", timeout=5) as response:
+                if response.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(1)
+    proc.kill()
+    raise RuntimeError(f"app.py did not answer on port {port} within {timeout}s; see {log.name}")
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,122 @@
+"""Figure / table / HTML builders on recorded (hand-built) traces, probe results and training logs."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from mtp import viz
+from mtp.probe import LosslessResult, ProbeResult, ProbeView
+from mtp.trace import Step, Trace
+from tests.app_helpers import LetterTokenizer, autoregressive_trace, recorded_trace
+
+
+def spans(page: str, kind: str) -> list[str]:
+    return re.findall(rf'<span class="mtp-tok mtp-{kind}"[^>]*>(.*?)</span>', page.split('class="mtp-output"')[1])
+
+
+def test_step_tokens_order_and_stop_cut():
+    trace = recorded_trace()
+    assert viz.step_tokens(trace.steps[2]) == [("accepted", 26), ("rejected", 22), ("rejected", 9), ("bonus", 14)]
+    # The last step was cut by max_new_tokens after 2 tokens: no bonus reached the output.
+    assert viz.step_tokens(trace.steps[3]) == [("accepted", 17), ("accepted", 11), ("rejected", 3)]
+    assert viz.output_tokens(trace.steps) == trace.token_ids
+
+
+def test_accept_reject_html_full_and_replay():
+    trace, tok = recorded_trace(), LetterTokenizer()
+    page = viz.accept_reject_html(trace, tok)
+    assert spans(page, "accepted") == ["e", "l", "l", " ", "r", "l"]
+    assert spans(page, "rejected") == ["w", "j", "d"]
+    assert spans(page, "bonus") == ["h", "o", "o"]
+    assert "line-through" in page and "step 4 of 4 · 9 tokens · 6 of 9 drafts accepted" in page
+    for kind in ("accepted", "rejected", "bonus"):  # legend present with the same colours
+        assert viz.COLORS[kind] in viz.legend_html()
+    replay = viz.accept_reject_html(trace, tok, upto_step=2)
+    assert spans(replay, "accepted") == ["e", "l", "l"] and spans(replay, "bonus") == ["h", "o"]
+    assert spans(replay, "rejected") == [] and "step 2 of 4 · 5 tokens · 3 of 3 drafts accepted" in replay
+    assert "step 0 of 4" in viz.accept_reject_html(trace, tok, upto_step=0)
+
+
+def test_html_escapes_token_text():
+    trace = Trace(method="linear", k=1, prompt_ids=[0], token_ids=[27, 28, 29],
+                  steps=[Step([], 0, 27, 0.1, 2, 1), Step([28], 1, 29, 0.1, 3, 2)])
+    page = viz.accept_reject_html(trace, LetterTokenizer())
+    assert spans(page, "bonus") == ["&lt;", "↵<br>"] and spans(page, "accepted") == ["&amp;"]
+
+
+def test_steps_table():
+    table = viz.steps_table(recorded_trace(), LetterTokenizer())
+    assert list(table["accepted"]) == [0, 3, 1, 2] and list(table["of"]) == [0, 3, 3, 3]
+    assert list(table["new tokens"]) == [1, 4, 2, 2] and sum(table["new tokens"]) == 9
+    assert table.loc[2, "rejected"] == "w | j" and table.loc[2, "bonus"] == "o"
+    assert table.loc[2, "drafts"] == "␣ | w | j"
+    assert list(table["ms"]) == [200.0, 100.0, 100.0, 100.0]
+
+
+def test_offset_acceptance_figure():
+    fig = viz.offset_acceptance_figure(recorded_trace())
+    bar = fig.data[0]
+    assert list(bar.x) == ["+1", "+2", "+3"]
+    assert list(bar.y) == pytest.approx([1.0, 2 / 3, 1 / 3])
+    assert list(bar.text) == ["3/3", "2/3", "1/3"]
+
+
+def test_race_points_and_figure():
+    trace = recorded_trace()
+    points = viz.trace_points(trace)
+    assert [n for _, n in points] == [0, 1, 5, 7, 9]
+    assert [round(t, 3) for t, _ in points] == [0.0, 0.2, 0.3, 0.4, 0.5]
+    auto = autoregressive_trace(trace.token_ids)
+    fig = viz.race_figure({"autoregressive": viz.trace_points(auto), "quadratic": points})
+    assert [d.name for d in fig.data] == ["autoregressive", "quadratic"]
+    assert fig.data[0].y[-1] == fig.data[1].y[-1] == 9
+    table = viz.race_table({"autoregressive": auto, "quadratic": trace})
+    assert list(table["forward passes"]) == [9, 4]
+    assert list(table["τ (tokens per step)"]) == [1.0, 2.25]
+
+
+def probe_result() -> ProbeResult:
+    views = {
+        "base_probe": ProbeView("base_probe", [[5, 6], [8, 5]], [[0.5, 0.2], [0.4, 0.1]], [2, 9], [0.2, 0.01]),
+        "mask_path": ProbeView("mask_path", [[6, 5], [9, 7]], [[0.9, 0.05], [0.6, 0.3]], [1, 2], [0.9, 0.3]),
+        "sampler_chain": ProbeView("sampler_chain", [[6, 5], [7, 9]], [[0.95, 0.01], [0.8, 0.1]], [1, 1],
+                                   [0.95, 0.8], chain_ids=[6, 7]),
+    }
+    return ProbeResult(k=2, top_n=2, prompt_ids=[1, 2], placeholder_id=0, greedy_ids=[4, 6, 7], views=views,
+                       texts={5: "f", 6: " g", 7: "h", 8: "i", 9: "j"})
+
+
+def test_heatmap_figure_rows_and_marks():
+    fig = viz.heatmap_figure(probe_result())
+    assert len(fig.data) == 3
+    base, mask, sampler = fig.data
+    assert list(base.y) == ["+1 · rank 2", "+2 · rank 9"] and len(mask.y) == 2
+    assert [list(r) for r in mask.text] == [["␣g", "f"], ["j", "h"]]
+    assert [list(r) for r in sampler.z] == [[0.95, 0.01], [0.8, 0.1]]
+    # Boxes around the greedy token where it is in the top N: base row 1 col 2, mask (1,1) (2,2), sampler (1,1) (2,1).
+    boxes = [(s.xref, s.x0 + 0.5, s.y0 + 0.5) for s in fig.layout.shapes]
+    assert boxes == [("x", 1, 0), ("x2", 0, 0), ("x2", 1, 1), ("x3", 0, 0), ("x3", 0, 1)]
+
+
+def test_probe_table():
+    table = viz.probe_table(probe_result())
+    assert list(table["greedy token"]) == ["␣g", "h"]
+    assert list(table["base_probe rank"]) == [2, 9] and list(table["sampler_chain rank"]) == [1, 1]
+
+
+def test_lossless_table():
+    table = viz.lossless_table(LosslessResult(10, 4, 0.0, 2e-7, 3.5, True, False))
+    assert list(table.iloc[:, 1]) == [0.0, 2e-7, 3.5]
+    assert list(table.iloc[:, 2]) == [True, True, False]
+
+
+def test_loss_figure_each_term():
+    records = [{"step": 1, "loss": 9.0, "loss_base": 5.0, "loss_sampler": 3.5, "loss_lcm": 0.5, "lr": 1e-4},
+               {"step": 2, "loss": 8.0, "loss_base": 4.5, "loss_sampler": 3.0, "loss_lcm": 0.5, "lr": 2e-4},
+               {"step": 3, "event": "checkpoint"}]
+    fig = viz.loss_figure(records)
+    assert [d.name for d in fig.data] == ["loss", "loss_base", "loss_sampler", "loss_lcm"]
+    assert list(fig.data[1].x) == [1, 2] and list(fig.data[1].y) == [5.0, 4.5]
+    assert viz.loss_figure([]).data == ()
