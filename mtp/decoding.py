@@ -1,0 +1,290 @@
+"""Autoregressive, linear and quadratic decoding with one shared verification pass (DESIGN §5).
+
+Every pass feeds `tokens = [t_0, d_1 .. d_m]` (t_0 the newest verified token, not yet in the KV
+cache; d_i the drafts) followed by k-mask groups anchored at some of those tokens. The methods
+differ only in the anchors:
+- autoregressive: none (m = 0 always);
+- linear: one group after the last token, valid only if every draft is accepted;
+- quadratic: one group after t_0 and after each of the first g-1 drafts (g = k+1: the paper's
+  layout), so the group after the last accepted token survives whatever prefix is accepted.
+The first pass (prefill) feeds the whole prompt as `tokens`, with no drafts.
+
+Greedy (temperature 0) accepts a draft iff it equals the model's argmax, so the output is token for
+token the base model's greedy output. Sampling uses speculative-sampling acceptance with the
+sampler's distribution as the proposal q, so the output distribution is the base model's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import torch
+from transformers import DynamicCache, PreTrainedTokenizerBase
+
+from .adapter import MTPModel
+from .layouts import group_rows, step_layout
+from .trace import Step, Trace
+
+METHODS = ("autoregressive", "linear", "quadratic")
+
+# Test hook: (step_index, context_ids, k) -> k draft tokens to propose instead of the model's, or None.
+DraftOverride = Callable[[int, list[int], int], "list[int] | None"]
+
+
+def distribution(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+                 top_p: float | None = None) -> torch.Tensor:
+    """Probabilities after temperature, top-k and top-p (nucleus) filtering; logits (..., V)."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (always the top token).
+        drop = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+class Sampling:
+    """Temperature / top-k / top-p settings and the seeded generator; temperature 0 is greedy."""
+
+    def __init__(self, temperature: float, top_k: int | None, top_p: float | None, seed: int | None,
+                 device: torch.device) -> None:
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.generator = torch.Generator(device=device)
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return distribution(logits, self.temperature, self.top_k, self.top_p)
+
+    def draw(self, probs: torch.Tensor) -> int:
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def uniform(self) -> float:
+        return float(torch.rand((), generator=self.generator, device=self.generator.device))
+
+
+def accept(target_logits: torch.Tensor, drafts: Sequence[int], draft_probs: torch.Tensor | None,
+           sampling: Sampling) -> tuple[int, int]:
+    """How many drafts to accept, and the bonus token that follows them.
+
+    target_logits (m+1, V): the model's next-token logits after t_0, d_1 .. d_m.
+    draft_probs (m, V): the proposal q each draft was sampled from (None under greedy).
+    """
+    if sampling.greedy:
+        predicted = target_logits.argmax(-1).tolist()
+        accepted = 0
+        while accepted < len(drafts) and drafts[accepted] == predicted[accepted]:
+            accepted += 1
+        return accepted, predicted[accepted]
+    p = sampling.probs(target_logits)
+    for i, draft in enumerate(drafts):
+        q = draft_probs[i]
+        if sampling.uniform() * float(q[draft]) < float(p[i, draft]):  # u < p/q without dividing by 0
+            continue
+        residual = (p[i] - q).clamp_(min=0)
+        # residual is 0 only where p == q, where rejection has probability 0: guard rounding.
+        return i, sampling.draw(residual if float(residual.sum()) > 0 else p[i])
+    return len(drafts), sampling.draw(p[len(drafts)])
+
+
+def verify(model: MTPModel, cache: DynamicCache, cached: int, tokens: Sequence[int], drafts: Sequence[int],
+           draft_probs: torch.Tensor | None, group_offsets: Sequence[int], k: int,
+           sampling: Sampling) -> tuple[int, int, torch.Tensor | None, int]:
+    """One forward pass shared by all methods: verify `drafts`, return their successor's mask states.
+
+    tokens: new real tokens then the drafts (tokens[-m-1] = t_0); the cache holds `cached` entries.
+    group_offsets: each j in 0..m puts a k-mask group after t_0 (j = 0) or after draft d_j.
+    Returns (accepted, bonus, hidden states (k, d) of the group after the last accepted token or
+    None if no such group was fed, input length). The cache is cropped to the verified tokens.
+    """
+    n, m = len(tokens), len(drafts)
+    first = n - m - 1  # index of t_0: its logits and those of the drafts are the ones verified
+    anchors = [first + j for j in group_offsets]
+    layout = step_layout(tokens, cached, k, anchors)
+    device = model.mask_embeddings.device
+    out = model(
+        layout.input_ids[None].to(device), layout.position_ids[None].to(device),
+        # Without masks the pass is plain causal: let the attention backend use its fast path.
+        attention_mask=layout.attention[None].to(device) if anchors else None,
+        past_key_values=cache, use_cache=True, logits_for=torch.arange(first, n, device=device),
+    )
+    accepted, bonus = accept(out.logits[0], drafts, draft_probs, sampling)
+    # Tokens precede masks in the tensor: one cut drops the rejected drafts and every mask.
+    cache.crop(cached + first + 1 + accepted - cache.get_seq_length())
+    hidden = None
+    if accepted in group_offsets:
+        hidden = out.hidden[0, group_rows(n, k, list(group_offsets).index(accepted))]
+    return accepted, bonus, hidden, len(layout.input_ids)
+
+
+def draft(model: MTPModel, mask_hidden: torch.Tensor, bonus: int, sampling: Sampling,
+          use_sampler: bool) -> tuple[list[int], torch.Tensor | None]:
+    """k drafts from one mask group: the sampler chain (draft_1 sees E(bonus), draft_i E(draft_{i-1}))
+    or, without the sampler, lm_head at each mask. Returns drafts and, when sampling, their q."""
+    if not use_sampler:
+        logits = model.lm_logits(mask_hidden)
+        if sampling.greedy:
+            return logits.argmax(-1).tolist(), None
+        q = sampling.probs(logits)
+        return [sampling.draw(row) for row in q], q
+    drafts, qs, prev = [], [], bonus
+    prev_ids = torch.empty(1, dtype=torch.long, device=mask_hidden.device)
+    for row in mask_hidden:
+        logits = model.sampler_logits(row[None], prev_ids.fill_(prev))[0]
+        if sampling.greedy:
+            prev = int(logits.argmax())
+        else:
+            qs.append(sampling.probs(logits))
+            prev = sampling.draw(qs[-1])
+        drafts.append(prev)
+    return drafts, (torch.stack(qs) if qs else None)
+
+
+def _one_hot(tokens: Sequence[int], vocab: int, device: torch.device) -> torch.Tensor:
+    """The proposal of forced drafts: deterministic, so acceptance stays exact under sampling."""
+    q = torch.zeros(len(tokens), vocab, device=device)
+    q[torch.arange(len(tokens)), torch.tensor(list(tokens), dtype=torch.long)] = 1.0
+    return q
+
+
+def _first_stop(tokenizer: PreTrainedTokenizerBase, token_ids: list[int], start: int,
+                stop_strings: Sequence[str]) -> tuple[int, str] | None:
+    """(tokens to keep, text cut right after the stop string) at the earliest stop, searching the
+    prefixes longer than `start` tokens (shorter ones were checked by earlier chunks)."""
+    for keep in range(start + 1, len(token_ids) + 1):
+        text = tokenizer.decode(token_ids[:keep], skip_special_tokens=True)
+        hits = [text.find(s) + len(s) for s in stop_strings if s in text]
+        if hits:
+            return keep, text[:min(hits)]
+    return None
+
+
+@torch.inference_mode()
+def generate(
+    model: MTPModel,
+    prompt_ids: list[int],
+    *,
+    method: str = "quadratic",
+    k: int | None = None,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    eos_token_ids: Sequence[int] = (),
+    stop_strings: Sequence[str] = (),
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    groups: int | None = None,
+    use_sampler: bool = True,
+    on_chunk: Callable[[list[int]], None] | None = None,
+    draft_override: DraftOverride | None = None,
+) -> Trace:
+    """Generate up to `max_new_tokens` after `prompt_ids`; returns the Trace (tokens, text, steps).
+
+    k: masks used (1..model.k, default model.k); ignored by autoregressive (trace k = 0).
+    groups: quadratic only, mask groups after the first `groups` of t_0, d_1 .. d_k (default k+1).
+    Stops at an EOS (kept), at a stop string (text cut right after it, tokens up to the one that
+    completes it) or at max_new_tokens; on_chunk receives each step's new tokens, after cuts.
+    draft_override: test hook (step_index, context_ids, k) -> drafts to propose in place of the
+    model's (context = prompt + tokens so far); forced drafts count as a deterministic proposal.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
+    k = model.k if k is None else k
+    if not 1 <= k <= model.k:
+        raise ValueError(f"k must be between 1 and the adapter's k={model.k}, got {k}")
+    if groups is not None and method != "quadratic":
+        raise ValueError("groups applies to the quadratic method only")
+    groups = k + 1 if groups is None else groups
+    if not 1 <= groups <= k + 1:
+        raise ValueError(f"groups must be between 1 and k+1={k + 1}, got {groups}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need a tokenizer")
+    if not prompt_ids:
+        raise ValueError("the prompt is empty")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+
+    start = time.perf_counter()
+    device = model.mask_embeddings.device
+    sampling = Sampling(temperature, top_k, top_p, seed, device)
+    vocab = model.base.get_output_embeddings().weight.shape[0]
+    eos = set(eos_token_ids)
+    stop_strings = [s for s in stop_strings if s]
+    trace = Trace(method=method, k=0 if method == "autoregressive" else k, prompt_ids=list(prompt_ids),
+                  temperature=temperature)
+    out = trace.token_ids
+    cache = DynamicCache(config=model.base.config)
+    cached = 0
+    tokens = list(prompt_ids)  # prefill: the whole prompt, no drafts
+    drafts: list[int] = []
+    draft_probs = None
+    while len(out) < max_new_tokens:
+        step_start = time.perf_counter()
+        m = len(drafts)
+        if method == "autoregressive":
+            offsets: list[int] = []
+        elif method == "linear":
+            offsets = [m]
+        else:
+            offsets = list(range(min(groups, m + 1)))
+        accepted, bonus, hidden, input_length = verify(
+            model, cache, cached, tokens, drafts, draft_probs, offsets, k, sampling)
+        cached += len(tokens) - m + accepted
+        chunk = drafts[:accepted] + [bonus]
+        done = ""
+        if len(out) + len(chunk) >= max_new_tokens:
+            chunk, done = chunk[:max_new_tokens - len(out)], "max_new_tokens"
+        hit = next((i for i, t in enumerate(chunk) if t in eos), None)
+        if hit is not None:
+            chunk, done = chunk[:hit + 1], "eos"
+        before = len(out)
+        out.extend(chunk)
+        if stop_strings:
+            stop = _first_stop(tokenizer, out, before, stop_strings)
+            if stop is not None:
+                del out[stop[0]:]
+                trace.text, done = stop[1], "stop_string"
+        # Next step's drafts, from the mask group after the last accepted token (if it was fed).
+        next_drafts, draft_probs = [], None
+        if not done and hidden is not None:
+            next_drafts, draft_probs = draft(model, hidden, bonus, sampling, use_sampler)
+            forced = draft_override(len(trace.steps), list(prompt_ids) + out, k) if draft_override else None
+            if forced is not None:
+                next_drafts = list(forced)[:k]
+                draft_probs = None if sampling.greedy else _one_hot(next_drafts, vocab, device)
+        trace.steps.append(Step(drafts=list(drafts), accepted=accepted, bonus=bonus,
+                                seconds=time.perf_counter() - step_start, input_length=input_length,
+                                new_tokens=len(out) - before))
+        if on_chunk is not None and len(out) > before:
+            on_chunk(out[before:])
+        if done:
+            trace.stop_reason = done
+            break
+        drafts = next_drafts
+        tokens = [bonus] + drafts
+    else:
+        trace.stop_reason = "max_new_tokens"
+    if tokenizer is not None and trace.stop_reason != "stop_string":
+        trace.text = tokenizer.decode(out, skip_special_tokens=True)
+    trace.seconds = time.perf_counter() - start
+    return trace
