@@ -1,0 +1,601 @@
+"""Benchmark: τ, tokens/s and wall-clock speedup of MTP decoding against transformers' own generate.
+
+Per prompt, interleaved so every method shares the same noise: the baseline
+`model.base.generate(do_sample=False)` (greedy, KV cache), transformers' prompt-lookup decoding,
+then each (method, k) of the engine, in a per-prompt shuffled order. Greedy outputs are checked
+token for token against the baseline. The cost curve times single forward passes on a warm cache;
+crossed with the measured acceptance it picks the fastest (method, k, groups) for this device.
+
+Aggregates are ratios of sums over a domain's prompts: τ = Σ new tokens ÷ Σ forward passes,
+tokens/s = Σ new tokens ÷ Σ seconds, speedup = tokens/s ÷ baseline tokens/s.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import plotly.graph_objects as go
+import torch
+import transformers
+from plotly.subplots import make_subplots
+from tqdm import tqdm
+from transformers import DynamicCache, PreTrainedTokenizerBase
+
+from . import decoding
+from .adapter import MTPModel
+from .data import PromptRecord
+from .layouts import step_layout
+from .models import encode_prompt
+
+METHODS = ("autoregressive", "linear", "quadratic", "prompt_lookup")
+BASELINE = "generate"
+RESULTS_FILE = "bench.json"
+DEFAULTS_FILE = "defaults.json"
+# DESIGN §6: the paper's τ (Tulu3-8B, quadratic + sampler + LCM) at k = 1, 2, 4, 8.
+PAPER_K = (1, 2, 4, 8)
+PAPER_TAU = {"GSM8K (math)": (1.84, 2.58, 3.75, 5.22), "HumanEval (code)": (1.86, 2.63, 3.87, 5.35),
+             "AlpacaEval (chat)": (1.61, 1.97, 2.31, 2.52), "MMLU (knowledge)": (1.54, 1.87, 2.18, 2.38),
+             "average of 13": (1.67, 2.14, 2.69, 3.17)}
+CURVE_LENGTHS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50, 64, 81, 100)
+LM_HEAD_ROWS = (1, 2, 4, 8, 9, 16, 17, 25, 32, 64, 81)
+
+
+@dataclass
+class Settings:
+    methods: tuple[str, ...] = METHODS
+    k_list: tuple[int, ...] = (1, 2, 4, 8)
+    max_new_tokens: int = 128
+    groups: int | None = None  # quadratic mask groups (None: k+1, the paper's layout)
+    use_sampler: bool = True
+    prompt_lookup_tokens: int = 10
+    chat_template: bool = True
+
+
+def runs_of(settings: Settings) -> list[tuple[str, int | None]]:
+    """(method, k) pairs measured per prompt; k is None where it does not apply."""
+    runs = []
+    for method in settings.methods:
+        if method in ("autoregressive", "prompt_lookup"):
+            runs.append((method, None))
+        else:
+            runs.extend((method, k) for k in settings.k_list)
+    return runs
+
+
+def run_name(method: str, k: int | None) -> str:
+    return method if k is None else f"{method} k={k}"
+
+
+def limit_per_domain(records: list[PromptRecord], limit: int) -> list[PromptRecord]:
+    """The first `limit` prompts of each domain, in file order."""
+    seen: dict[str, int] = {}
+    kept = []
+    for record in records:
+        seen[record.domain] = seen.get(record.domain, 0) + 1
+        if seen[record.domain] <= limit:
+            kept.append(record)
+    return kept
+
+
+def eos_token_ids(model: MTPModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """EOS ids from the tokenizer and the generation config (it may list several)."""
+    ids = {tokenizer.eos_token_id}
+    config_eos = getattr(model.base.generation_config, "eos_token_id", None)
+    ids.update(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
+    return sorted(i for i in ids if i is not None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- one measured call ----------------------------------------------------------------------------
+@torch.inference_mode()
+def run_generate(model: MTPModel, prompt_ids: list[int], settings: Settings, eos: list[int], pad: int,
+                 prompt_lookup: bool = False) -> dict:
+    """transformers' own greedy generate (KV cache), optionally with prompt lookup; forward passes counted."""
+    base = model.base
+    device = model.mask_embeddings.device
+    passes = [0]
+    handle = base.register_forward_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
+    input_ids = torch.tensor([prompt_ids], device=device)
+    extra = {"prompt_lookup_num_tokens": settings.prompt_lookup_tokens} if prompt_lookup else {}
+    try:
+        _sync(device)
+        start = time.perf_counter()
+        output = base.generate(
+            input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False, temperature=None,
+            top_p=None, top_k=None, max_new_tokens=settings.max_new_tokens, eos_token_id=eos,
+            pad_token_id=pad, **extra)
+        _sync(device)
+        seconds = time.perf_counter() - start
+    finally:
+        handle.remove()
+    token_ids = output[0, len(prompt_ids):].tolist()
+    return {"token_ids": token_ids, "new_tokens": len(token_ids), "steps": passes[0], "seconds": seconds}
+
+
+def run_mtp(model: MTPModel, prompt_ids: list[int], method: str, k: int | None, settings: Settings,
+            eos: list[int]) -> dict:
+    """One engine generation, timed from outside like the baseline; the trace's metrics kept."""
+    device = model.mask_embeddings.device
+    _sync(device)
+    start = time.perf_counter()
+    trace = decoding.generate(
+        model, prompt_ids, method=method, k=k, max_new_tokens=settings.max_new_tokens, eos_token_ids=eos,
+        use_sampler=settings.use_sampler,
+        groups=min(settings.groups, k + 1) if method == "quadratic" and settings.groups else None)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {
+        "token_ids": trace.token_ids, "new_tokens": trace.new_tokens, "steps": trace.forward_passes,
+        "seconds": seconds, "accept_counts": trace.accept_counts,
+        "proposed_counts": [len(step.drafts) for step in trace.steps],
+        "input_lengths": [step.input_length for step in trace.steps],
+        "step_seconds": [round(step.seconds, 6) for step in trace.steps],
+    }
+
+
+def _measure(model: MTPModel, prompt_ids: list[int], method: str, k: int | None, settings: Settings,
+             eos: list[int], pad: int) -> dict:
+    if method == BASELINE:
+        return run_generate(model, prompt_ids, settings, eos, pad)
+    if method == "prompt_lookup":
+        return run_generate(model, prompt_ids, settings, eos, pad, prompt_lookup=True)
+    return run_mtp(model, prompt_ids, method, k, settings, eos)
+
+
+def first_mismatch(tokens: list[int], reference: list[int]) -> int | None:
+    """Index of the first differing token (or of the shorter end); None when identical."""
+    for index, (a, b) in enumerate(zip(tokens, reference)):
+        if a != b:
+            return index
+    return None if len(tokens) == len(reference) else min(len(tokens), len(reference))
+
+
+# -- the benchmark --------------------------------------------------------------------------------
+def bench_prompts(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: list[PromptRecord],
+                  settings: Settings, progress: bool = True, seed: int = 0) -> list[dict]:
+    """Every run on every prompt, interleaved per prompt; one raw result dict per prompt."""
+    eos = eos_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    runs = [(BASELINE, None)] + runs_of(settings)
+    encoded = [encode_prompt(tokenizer, record.prompt, settings.chat_template) for record in records]
+    # Warm-up (first-call allocations, lazy inits), untimed: a short run of each kind.
+    warm = Settings(**{**asdict(settings), "max_new_tokens": min(8, settings.max_new_tokens)})
+    for method, k in runs:
+        _measure(model, encoded[0], method, k, warm, eos, pad)
+    order = random.Random(seed)
+    results = []
+    bar = tqdm(total=len(records) * len(runs), desc="bench", unit="run", file=sys.stderr, disable=not progress)
+    for record, prompt_ids in zip(records, encoded):
+        shuffled = list(runs)
+        order.shuffle(shuffled)
+        measured = {}
+        for method, k in shuffled:
+            bar.set_postfix_str(f"{record.domain} {run_name(method, k)}")
+            measured[(method, k)] = _measure(model, prompt_ids, method, k, settings, eos, pad)
+            bar.update()
+        baseline = measured[(BASELINE, None)]
+        entry = {"domain": record.domain, "source": record.source, "prompt_tokens": len(prompt_ids),
+                 "baseline": baseline, "runs": []}
+        for method, k in runs[1:]:
+            run = measured[(method, k)]
+            run.update(method=method, k=k, mismatch_at=first_mismatch(run["token_ids"], baseline["token_ids"]))
+            del run["token_ids"]  # identical runs repeat the baseline's tokens; the mismatch index says the rest
+            entry["runs"].append(run)
+        results.append(entry)
+    bar.close()
+    return results
+
+
+def _offset_acceptance(runs: list[dict], k: int) -> list[float]:
+    """Per offset i: accepted ≥ i ÷ proposed ≥ i over all steps of these runs (trace convention)."""
+    rates = []
+    for offset in range(1, k + 1):
+        pairs = [(a, p) for run in runs for a, p in zip(run["accept_counts"], run["proposed_counts"]) if p >= offset]
+        rates.append(sum(a >= offset for a, _ in pairs) / len(pairs) if pairs else 0.0)
+    return rates
+
+
+def _aggregate(runs: list[dict]) -> dict:
+    tokens = sum(run["new_tokens"] for run in runs)
+    steps = sum(run["steps"] for run in runs)
+    seconds = sum(run["seconds"] for run in runs)
+    return {"prompts": len(runs), "new_tokens": tokens, "steps": steps, "seconds": seconds,
+            "tokens_per_step": tokens / steps if steps else 0.0,
+            "tokens_per_second": tokens / seconds if seconds > 0 else 0.0}
+
+
+def summarize(results: list[dict], settings: Settings) -> dict:
+    """Per domain and over all prompts ("all"): baseline and each run's τ, tokens/s and speedups."""
+    domains = list(dict.fromkeys(entry["domain"] for entry in results)) + ["all"]
+    summary = {}
+    for domain in domains:
+        entries = [e for e in results if domain in ("all", e["domain"])]
+        baseline = _aggregate([e["baseline"] for e in entries])
+        block = {BASELINE: baseline, "runs": {}}
+        lookup = None
+        for method, k in runs_of(settings):
+            runs = [run for e in entries for run in e["runs"] if (run["method"], run["k"]) == (method, k)]
+            stats = _aggregate(runs)
+            stats.update(method=method, k=k, mismatches=sum(run["mismatch_at"] is not None for run in runs))
+            stats["speedup_vs_generate"] = stats["tokens_per_second"] / baseline["tokens_per_second"]
+            if k is not None:
+                stats["per_offset_acceptance"] = _offset_acceptance(runs, k)
+            if method == "prompt_lookup":
+                lookup = stats
+            block["runs"][run_name(method, k)] = stats
+        for stats in block["runs"].values():
+            stats["speedup_vs_prompt_lookup"] = (
+                stats["tokens_per_second"] / lookup["tokens_per_second"] if lookup else None)
+        summary[domain] = block
+    return summary
+
+
+def mismatches(results: list[dict]) -> list[dict]:
+    return [{"domain": e["domain"], "source": e["source"], "method": run["method"], "k": run["k"],
+             "first_mismatch_at": run["mismatch_at"]}
+            for e in results for run in e["runs"] if run["mismatch_at"] is not None]
+
+
+# -- cost curve -----------------------------------------------------------------------------------
+def _median_seconds(fn, repeats: int, device: torch.device) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _step_shapes(k: int, groups: int | None) -> dict[str, tuple[int, list[int]]]:
+    """Name -> (tokens fed, group anchors) of the passes decoding makes (see decoding.verify)."""
+    shapes = {"autoregressive": (1, []), "draftless": (1, [0]), "linear": (k + 1, [k])}
+    for g in range(1, k + 2) if groups is None else [groups]:
+        shapes[f"quadratic g={g}"] = (k + 1, list(range(g)))
+    return shapes
+
+
+@torch.inference_mode()
+def cost_curve(model: MTPModel, k_list: tuple[int, ...], cache_tokens: int = 200, repeats: int = 7,
+               lengths: tuple[int, ...] = CURVE_LENGTHS, lm_head_rows: tuple[int, ...] = LM_HEAD_ROWS,
+               use_sampler: bool = True, seed: int = 0) -> dict:
+    """Seconds (median of `repeats`) of one pass on a warm cache of `cache_tokens` real tokens.
+
+    backbone: plain causal passes of L real tokens (no logits). lm_head: vocabulary logits for R rows.
+    steps: the exact passes decoding makes per (k, shape), vocabulary logits for the verified rows
+    included; drafting: the k-draft chain from one mask group (sampler, or lm_head rows without it).
+    """
+    device = model.mask_embeddings.device
+    vocab = model.base.get_output_embeddings().weight.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(0, vocab, (1, cache_tokens), generator=generator).to(device)
+    cache = DynamicCache(config=model.base.config)
+    model(prefix, torch.arange(cache_tokens, device=device)[None], past_key_values=cache, use_cache=True)
+
+    def timed_pass(tokens: list[int], anchors: list[int], k: int, logits_rows: int) -> float:
+        layout = step_layout(tokens, cache_tokens, k, anchors)
+        ids, positions = layout.input_ids[None].to(device), layout.position_ids[None].to(device)
+        attention = layout.attention[None].to(device) if anchors else None
+        rows = None if logits_rows == 0 else torch.arange(logits_rows, device=device)
+
+        def one() -> None:
+            model(ids, positions, attention_mask=attention, past_key_values=cache, use_cache=True, logits_for=rows)
+            cache.crop(-len(layout.input_ids))
+        return _median_seconds(one, repeats, device)
+
+    def tokens(n: int) -> list[int]:
+        return torch.randint(0, vocab, (n,), generator=generator).tolist()
+
+    backbone = {n: timed_pass(tokens(n), [], 1, 0) for n in lengths}
+    hidden = torch.randn(1, max(lm_head_rows), model.base.config.hidden_size, generator=generator).to(device)
+    lm_head = {r: _median_seconds(lambda r=r: model.lm_logits(hidden[:, :r]), repeats, device) for r in lm_head_rows}
+    steps, drafting = {}, {}
+    for k in k_list:
+        steps[k] = {}
+        for name, (n, anchors) in _step_shapes(k, None).items():
+            steps[k][name] = {"input_length": n + len(anchors) * k,
+                              "seconds": timed_pass(tokens(n), anchors, k, n)}
+        sampling = decoding.Sampling(0.0, None, None, 0, device)
+        drafting[k] = _median_seconds(
+            lambda k=k: decoding.draft(model, hidden[0, :k], 0, sampling, use_sampler), repeats, device)
+    return {"cache_tokens": cache_tokens, "repeats": repeats, "use_sampler": use_sampler,
+            "backbone_seconds": backbone, "lm_head_seconds": lm_head, "step_seconds": steps,
+            "drafting_seconds": drafting}
+
+
+def _accepted_distribution(results: list[dict], method: str, k: int) -> list[int]:
+    """Accepted-draft counts of every step that verified k drafts, over all prompts."""
+    return [a for e in results for run in e["runs"] if (run["method"], run["k"]) == (method, k)
+            for a, p in zip(run["accept_counts"], run["proposed_counts"]) if p == k]
+
+
+def predict(results: list[dict], curve: dict, settings: Settings) -> list[dict]:
+    """Predicted tokens/s per (method, k, groups): measured acceptance × cost curve, best first.
+
+    quadratic with g groups: a step that accepts a ≥ g drafts has no surviving mask group, so the
+    next pass is draftless (1 token + fresh drafts); the accepted count a itself does not depend on g.
+    linear: its own measured steps, each priced by its shape (with drafts or draftless).
+    """
+    candidates = []
+    ar = curve["step_seconds"][settings.k_list[0]]["autoregressive"]["seconds"]
+    candidates.append({"method": "autoregressive", "k": None, "groups": None, "tokens_per_step": 1.0,
+                       "predicted_tokens_per_second": 1.0 / ar})
+    for k in settings.k_list:
+        steps, draft_cost = curve["step_seconds"][k], curve["drafting_seconds"][k]
+        draftless = steps["draftless"]["seconds"] + draft_cost
+        if "linear" in settings.methods:
+            runs = [run for e in results for run in e["runs"] if (run["method"], run["k"]) == ("linear", k)]
+            counts = [p for run in runs for p in run["proposed_counts"][1:]]  # the prefill is not priced
+            tokens = sum(run["new_tokens"] for run in runs) - len(runs)
+            seconds = sum(steps["linear"]["seconds"] + draft_cost if p else draftless for p in counts)
+            if seconds > 0:
+                candidates.append({"method": "linear", "k": k, "groups": None,
+                                   "tokens_per_step": tokens / len(counts),
+                                   "predicted_tokens_per_second": tokens / seconds})
+        accepted = _accepted_distribution(results, "quadratic", k) if "quadratic" in settings.methods else []
+        if not accepted:
+            continue
+        for name, shape in steps.items():
+            if not name.startswith("quadratic"):
+                continue
+            g = int(name.split("=")[1])
+            full = shape["seconds"] + draft_cost
+            tokens = sum(a + 1 + (a >= g) for a in accepted)
+            passes = sum(1 + (a >= g) for a in accepted)
+            seconds = sum(full + (draftless if a >= g else 0.0) for a in accepted)
+            candidates.append({"method": "quadratic", "k": k, "groups": g, "tokens_per_step": tokens / passes,
+                               "predicted_tokens_per_second": tokens / seconds})
+    base = candidates[0]["predicted_tokens_per_second"]
+    for candidate in candidates:
+        candidate["predicted_speedup_vs_autoregressive"] = candidate["predicted_tokens_per_second"] / base
+    return sorted(candidates, key=lambda c: -c["predicted_tokens_per_second"])
+
+
+# -- machine and provenance -----------------------------------------------------------------------
+def machine_info(device: torch.device) -> dict:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "torch_threads": torch.get_num_threads(), "device": str(device),
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        root = Path(__file__).resolve().parent.parent
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                            text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"] = None
+    return info
+
+
+# -- outputs --------------------------------------------------------------------------------------
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
+    return "–" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def markdown(report: dict) -> str:
+    """results.md: identity, the Table-1 layout of τ, speed tables, cost curve and chosen defaults."""
+    settings, summary = report["settings"], report["summary"]
+    domains = list(summary)
+    k_list = settings["k_list"]
+    machine = report["machine"]
+    total_runs = sum(len(e["runs"]) for e in report["prompts"])
+    counts = ", ".join(f"{d} {summary[d][BASELINE]['prompts']}" for d in domains[:-1])
+    parts = [
+        "# MTP benchmark", "",
+        f"Command: `{report['command']}`  ", f"Date: {report['created']}  ",
+        f"Model: {report['model']['name']}, checkpoint: {report['model']['checkpoint'] or 'none (fresh adapter)'} "
+        f"(k={report['model']['k']}, sampler {'on' if settings['use_sampler'] else 'off'}"
+        f"{'' if settings['groups'] is None else ', quadratic groups ' + str(settings['groups'])})  ",
+        f"Machine: {machine['cpu']} ({machine['cpu_count']} cores, torch {machine['torch']}, "
+        f"{machine['torch_threads']} threads, device {machine['device']}), load average at start "
+        f"{machine['load_average']}  ",
+        f"Prompts: {len(report['prompts'])} ({counts}),"
+        f" {settings['max_new_tokens']} new tokens max, chat template {'on' if settings['chat_template'] else 'off'}.",
+        "", "τ = new tokens ÷ forward passes; tokens/s and speedups are ratios of sums over a domain's prompts; "
+        f"the baseline is transformers `generate(do_sample=False)`, prompt lookup uses "
+        f"`prompt_lookup_num_tokens={settings['prompt_lookup_tokens']}`, both timed in the same run, "
+        "interleaved per prompt.", "", "## Greedy token identity", "",
+    ]
+    bad = report["mismatches"]
+    if bad:
+        parts.append(f"**{len(bad)} of {total_runs} runs differ from `generate`:**")
+        parts += [f"- {m['source']} ({m['domain']}): {run_name(m['method'], m['k'])}, first at token "
+                  f"{m['first_mismatch_at']}" for m in bad]
+    else:
+        parts.append(f"All {total_runs} greedy runs are token-identical to `generate` (0 mismatches).")
+    for method in ("linear", "quadratic"):
+        if method not in settings["methods"]:
+            continue
+        parts += ["", f"## τ (tokens per step), {method}", ""]
+        rows = [[d] + [_fmt(summary[d]["runs"][run_name(method, k)]["tokens_per_step"]) for k in k_list]
+                for d in domains]
+        parts.append(_table(["domain"] + [f"k={k}" for k in k_list], rows))
+    if "prompt_lookup" in settings["methods"]:
+        parts += ["", "Prompt lookup τ: " + ", ".join(
+            f"{d} {_fmt(summary[d]['runs']['prompt_lookup']['tokens_per_step'])}" for d in domains)]
+    parts += ["", "Paper (Tulu3-8B, quadratic + sampler + LCM, DESIGN §6), for comparison:", "",
+              _table(["benchmark"] + [f"k={k}" for k in PAPER_K],
+                     [[name] + [f"{v:.2f}" for v in values] for name, values in PAPER_TAU.items()])]
+    names = list(summary["all"]["runs"])
+    parts += ["", "## Tokens per second", ""]
+    rows = [[BASELINE] + [_fmt(summary[d][BASELINE]["tokens_per_second"], 1) for d in domains]]
+    rows += [[n] + [_fmt(summary[d]["runs"][n]["tokens_per_second"], 1) for d in domains] for n in names]
+    parts.append(_table(["run"] + domains, rows))
+    for key, title in (("speedup_vs_generate", "Wall-clock speedup vs `generate`"),
+                       ("speedup_vs_prompt_lookup", "Wall-clock speedup vs prompt lookup")):
+        if key == "speedup_vs_prompt_lookup" and "prompt_lookup" not in settings["methods"]:
+            continue
+        parts += ["", f"## {title}", ""]
+        parts.append(_table(["run"] + domains,
+                            [[n] + [_fmt(summary[d]["runs"][n][key], 2, "×") for d in domains] for n in names]))
+    curve = report.get("cost_curve")
+    if curve:
+        parts += ["", f"## Cost curve (warm cache of {curve['cache_tokens']} tokens, median of {curve['repeats']})",
+                  "", _table(["input tokens"] + [str(n) for n in curve["backbone_seconds"]],
+                             [["backbone ms"] + [f"{1e3 * s:.1f}" for s in curve["backbone_seconds"].values()]]),
+                  "", _table(["lm_head rows"] + [str(r) for r in curve["lm_head_seconds"]],
+                             [["ms"] + [f"{1e3 * s:.1f}" for s in curve["lm_head_seconds"].values()]]),
+                  "", "Decoding passes as `decoding.verify` makes them (verified logits included) + drafting:", ""]
+        rows = [[str(k), name, str(v["input_length"]), f"{1e3 * v['seconds']:.1f}",
+                 f"{1e3 * curve['drafting_seconds'][k]:.1f}"]
+                for k, shapes in curve["step_seconds"].items() for name, v in shapes.items()]
+        parts.append(_table(["k", "pass", "input tokens", "pass ms", "drafting ms"], rows))
+    ranked = report.get("predictions")
+    if ranked:
+        parts += ["", "## Predicted best settings (cost curve × measured acceptance, all prompts)", ""]
+        parts.append(_table(["method", "k", "groups", "τ", "tokens/s", "vs autoregressive"],
+                            [[c["method"], str(c["k"] or "–"), str(c["groups"] or "–"), _fmt(c["tokens_per_step"]),
+                              _fmt(c["predicted_tokens_per_second"], 1),
+                              _fmt(c["predicted_speedup_vs_autoregressive"], 2, "×")] for c in ranked[:10]]))
+        best = report["defaults"]
+        parts += ["", f"Chosen defaults (written to `{DEFAULTS_FILE}`): method {best['method']}, k {best['k'] or '–'}, "
+                      f"groups {best['groups'] or '–'}."]
+    return "\n".join(parts) + "\n"
+
+
+def figures(report: dict) -> dict[str, go.Figure]:
+    """τ vs k per domain (one panel per method), speedup per run and domain, and the cost curve."""
+    settings, summary = report["settings"], report["summary"]
+    domains = list(summary)
+    out = {}
+    methods = [m for m in ("linear", "quadratic") if m in settings["methods"]]
+    if methods:
+        fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, shared_yaxes=True)
+        for col, method in enumerate(methods, start=1):
+            for i, domain in enumerate(domains):
+                fig.add_trace(go.Scatter(
+                    x=list(settings["k_list"]), mode="lines+markers", name=domain, legendgroup=domain,
+                    showlegend=col == 1, line={"color": _color(i), "dash": "dot" if domain == "all" else None},
+                    y=[summary[domain]["runs"][run_name(method, k)]["tokens_per_step"] for k in settings["k_list"]]),
+                    row=1, col=col)
+            fig.update_xaxes(title_text="k (masks)", row=1, col=col)
+        fig.update_yaxes(title_text="τ (tokens per forward pass)", row=1, col=1)
+        fig.update_layout(title="Tokens per step vs k, per domain", template="plotly_white")
+        out["tau_vs_k"] = fig
+    names = list(summary["all"]["runs"])
+    fig = go.Figure([go.Bar(name=d, x=names, y=[summary[d]["runs"][n]["speedup_vs_generate"] for n in names],
+                            marker_color=_color(i)) for i, d in enumerate(domains)])
+    fig.add_hline(y=1.0, line_dash="dash", annotation_text="transformers generate")
+    fig.update_layout(title="Wall-clock speedup vs transformers generate (greedy, KV cache)", barmode="group",
+                      yaxis_title="speedup (×)", template="plotly_white")
+    out["speedup"] = fig
+    curve = report.get("cost_curve")
+    if curve:
+        fig = make_subplots(rows=1, cols=2, subplot_titles=["backbone pass", "lm_head"])
+        fig.add_trace(go.Scatter(x=list(curve["backbone_seconds"]), y=[1e3 * s for s in curve["backbone_seconds"].values()],
+                                 mode="lines+markers", name="backbone (real tokens)"), row=1, col=1)
+        for i, (k, shapes) in enumerate(curve["step_seconds"].items()):
+            fig.add_trace(go.Scatter(x=[v["input_length"] for v in shapes.values()],
+                                     y=[1e3 * v["seconds"] for v in shapes.values()], mode="markers",
+                                     text=list(shapes), name=f"decoding passes k={k}", marker_color=_color(i + 1)),
+                          row=1, col=1)
+        fig.add_trace(go.Scatter(x=list(curve["lm_head_seconds"]), y=[1e3 * s for s in curve["lm_head_seconds"].values()],
+                                 mode="lines+markers", name="lm_head"), row=1, col=2)
+        fig.update_xaxes(title_text="input tokens", row=1, col=1)
+        fig.update_xaxes(title_text="rows", row=1, col=2)
+        fig.update_yaxes(title_text="ms (median)", row=1, col=1)
+        fig.update_layout(title=f"Forward-pass cost on a warm cache of {curve['cache_tokens']} tokens",
+                          template="plotly_white")
+        out["cost_curve"] = fig
+    return out
+
+
+def _color(i: int) -> str:
+    palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+    return palette[i % len(palette)]
+
+
+def _kaleido_available() -> bool:
+    try:
+        import kaleido  # noqa: F401  (optional: PNGs only where it is installed)
+    except ImportError:
+        return False
+    return True
+
+
+def write_outputs(report: dict, out_dir: str | Path) -> list[Path]:
+    """bench.json, results.md, one HTML (+PNG with kaleido) per figure, defaults.json with a cost curve."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / RESULTS_FILE, out_dir / "results.md"]
+    _write_text(written[0], json.dumps(report, indent=1) + "\n")
+    _write_text(written[1], markdown(report))
+    png = _kaleido_available()
+    for name, fig in figures(report).items():
+        # plotly.js from its CDN keeps each page small; the numbers are all in bench.json.
+        path = out_dir / f"{name}.html"
+        fig.write_html(path, include_plotlyjs="cdn")
+        written.append(path)
+        if png:
+            fig.write_image(out_dir / f"{name}.png")
+            written.append(out_dir / f"{name}.png")
+    if report.get("defaults"):
+        written.append(out_dir / DEFAULTS_FILE)
+        _write_text(written[-1], json.dumps(report["defaults"], indent=1) + "\n")
+    return written
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write beside, then rename: an interrupted run never leaves half a results file."""
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text, encoding="utf-8")
+    os.replace(staging, path)
+
+
+def benchmark(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: list[PromptRecord],
+              settings: Settings, *, model_name: str, checkpoint: str | None, command: str,
+              with_cost_curve: bool = False, curve_repeats: int = 7, progress: bool = True) -> dict:
+    """Run everything and return the report that write_outputs saves."""
+    device = model.mask_embeddings.device
+    report = {
+        "command": command, "argv": sys.argv,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(device),
+        "model": {"name": model_name, "checkpoint": checkpoint, "k": model.k, "sampler": model.sampler is not None},
+        "settings": asdict(settings),
+    }
+    results = bench_prompts(model, tokenizer, records, settings, progress=progress)
+    report.update(prompts=results, summary=summarize(results, settings), mismatches=mismatches(results))
+    if with_cost_curve:
+        curve = cost_curve(model, settings.k_list, repeats=curve_repeats, use_sampler=settings.use_sampler)
+        ranked = predict(results, curve, settings)
+        best = ranked[0]
+        report.update(cost_curve=curve, predictions=ranked, defaults={
+            "method": best["method"], "k": best["k"], "groups": best["groups"],
+            "predicted_tokens_per_second": best["predicted_tokens_per_second"],
+            "predicted_speedup_vs_autoregressive": best["predicted_speedup_vs_autoregressive"],
+            "tokens_per_step": best["tokens_per_step"], "device": str(device),
+            "machine": report["machine"]["cpu"], "torch_threads": report["machine"]["torch_threads"],
+            "model": model_name, "checkpoint": checkpoint, "use_sampler": settings.use_sampler,
+            "prompts": len(records), "created": report["created"], "command": command,
+            "basis": "cost curve (warm cache) x accepted-draft counts measured by this benchmark",
+        })
+    report["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return report

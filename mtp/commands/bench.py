@@ -1,0 +1,128 @@
+"""python -m mtp bench: τ, tokens/s and speedup vs transformers generate and prompt lookup, per domain."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+from pathlib import Path
+
+from ..__main__ import UsageError
+
+log = logging.getLogger("mtp.bench")
+DEFAULT_K_LIST = (1, 2, 4, 8)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompts", nargs="+", required=True, metavar="FILE",
+                        help="prompt files (.jsonl/.json); the domain comes from a `domain` field or the file name")
+    parser.add_argument("--limit", type=int, default=None, help="at most N prompts per domain")
+    parser.add_argument("--k-list", default=None, help="comma-separated k values (default 1,2,4,8 up to the checkpoint's k)")
+    parser.add_argument("--methods", default="autoregressive,linear,quadratic,prompt_lookup",
+                        help="comma-separated: autoregressive, linear, quadratic, prompt_lookup")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--out", default="docs/bench", help="output directory (default docs/bench)")
+    parser.add_argument("--model", default=None, help="embedded model name, model directory or Hub id")
+    parser.add_argument("--checkpoint", default=None, help="MTP checkpoint directory (default: the shipped one)")
+    parser.add_argument("--groups", type=int, default=None,
+                        help="quadratic: mask groups after the first G tokens (capped at k+1; default k+1)")
+    parser.add_argument("--no-sampler", action="store_true", help="draft with lm_head at the masks, not the sampler")
+    parser.add_argument("--prompt-lookup-tokens", type=int, default=10,
+                        help="prompt lookup's prompt_lookup_num_tokens (default 10)")
+    parser.add_argument("--no-chat-template", action="store_true", help="feed prompts raw, without the chat template")
+    parser.add_argument("--cost-curve", action="store_true",
+                        help="also time forward passes vs input length and write the best defaults for this device")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+
+
+def _int_list(text: str, name: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"{name} must be comma-separated integers, got '{text}'") from None
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"{name} values must be at least 1, got '{text}'")
+    if len(set(values)) != len(values):
+        raise UsageError(f"{name} repeats a value: '{text}'")
+    return tuple(sorted(values))
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The run as a reproducible command, every option spelled out."""
+    parts = ["python", "-m", "mtp", "bench"]
+    for key, value in vars(args).items():
+        if key == "command" or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import bench  # torch / transformers: imported only once the arguments are read
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in bench.METHODS]
+    if unknown or not methods:
+        raise UsageError(f"unknown method(s) {unknown or [args.methods]}: choose from {', '.join(bench.METHODS)}")
+    k_list = _int_list(args.k_list, "--k-list") if args.k_list is not None else None
+    for name in ("limit", "max_new_tokens", "groups", "prompt_lookup_tokens", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.groups is not None and "quadratic" not in methods:
+        raise UsageError("--groups applies to the quadratic method, which is not in --methods")
+    missing = [p for p in args.prompts if not Path(p).is_file()]
+    if missing:
+        raise UsageError(f"prompt file(s) not found: {', '.join(missing)}")
+    if args.checkpoint is not None and not Path(args.checkpoint).is_dir():
+        raise UsageError(f"checkpoint directory {args.checkpoint} does not exist")
+
+    import torch
+
+    from ..api import default_checkpoint, load_mtp
+    from ..config import CheckpointError
+    from ..data import read_prompt_files
+    from ..models import EMBEDDED_NAME, ModelSourceError
+
+    try:
+        records = read_prompt_files(args.prompts)
+    except (OSError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    if not records:
+        raise UsageError(f"no prompts found in {', '.join(args.prompts)}")
+    if args.limit is not None:
+        records = bench.limit_per_domain(records, args.limit)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    checkpoint = args.checkpoint if args.checkpoint is not None or args.model is not None else default_checkpoint()
+    try:
+        model, tokenizer = load_mtp(args.model, args.checkpoint, k=max(k_list or DEFAULT_K_LIST))
+    except (CheckpointError, ModelSourceError) as error:
+        raise UsageError(str(error)) from None
+    if k_list is None:
+        k_list = tuple(sorted({k for k in DEFAULT_K_LIST if k <= model.k} | {model.k}))
+    if max(k_list) > model.k:
+        raise UsageError(f"--k-list asks for k={max(k_list)} but the checkpoint has k={model.k}")
+    settings = bench.Settings(methods=methods, k_list=k_list, max_new_tokens=args.max_new_tokens,
+                              groups=args.groups, use_sampler=not args.no_sampler,
+                              prompt_lookup_tokens=args.prompt_lookup_tokens, chat_template=not args.no_chat_template)
+    domains = sorted({r.domain for r in records})
+    log.info("%d prompts (%s), runs per prompt: %s", len(records), ", ".join(domains),
+             ", ".join(bench.run_name(m, k) for m, k in bench.runs_of(settings)))
+    report = bench.benchmark(model, tokenizer, records, settings, model_name=args.model or EMBEDDED_NAME,
+                             checkpoint=None if checkpoint is None else str(checkpoint),
+                             command=_command_line(args), with_cost_curve=args.cost_curve)
+    for path in bench.write_outputs(report, args.out):
+        log.info("wrote %s", path)
+    bad = report["mismatches"]
+    log.info("greedy token identity: %d mismatches", len(bad))
+    for m in bad:
+        log.warning("mismatch: %s %s first at token %s", m["source"], bench.run_name(m["method"], m["k"]),
+                    m["first_mismatch_at"])
+    return 1 if bad else 0  # results are written either way; a mismatch is a failed identity assertion

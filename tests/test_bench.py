@@ -1,0 +1,178 @@
+"""The benchmark end to end on a tiny random model: outputs, identity check, cost model, bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from conftest import randomize_lora, tiny_model
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from mtp import adapter, bench, decoding
+from mtp.__main__ import main
+
+WORDS = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(125)]  # 128 = the tiny vocabulary
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A saved tiny Llama + word-level tokenizer, a k=4 checkpoint with random LoRA, three prompt files."""
+    root = tmp_path_factory.mktemp("bench")
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    base = tiny_model("llama")
+    base.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    model = adapter.create(base, adapter.identity_of(base, "tiny"), k=4)
+    randomize_lora(model)
+    model.save(root / "ckpt")
+    rng = random.Random(0)
+
+    def words(n: int) -> str:
+        return " ".join(f"w{rng.randrange(125)}" for _ in range(n))
+    # Repeated words give prompt lookup something to find.
+    (root / "gsm8k.jsonl").write_text("".join(json.dumps({"turns": [words(10) * 2]}) + "\n" for _ in range(3)))
+    (root / "humaneval.jsonl").write_text("".join(json.dumps({"turns": [words(12)]}) + "\n" for _ in range(2)))
+    (root / "mixed.jsonl").write_text(json.dumps({"prompt": words(8), "domain": "chat"}) + "\n")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def bench_args(root, out, *extra: str) -> list[str]:
+    return ["bench", "--prompts", str(root / "gsm8k.jsonl"), str(root / "humaneval.jsonl"), str(root / "mixed.jsonl"),
+            "--model", str(root / "model"), "--checkpoint", str(root / "ckpt"), "--out", str(out),
+            "--threads", "1", *extra]
+
+
+def test_bench_end_to_end(tiny, tmp_path):
+    out = tmp_path / "out"
+    rc = main(bench_args(tiny, out, "--limit", "2", "--k-list", "1,2,4", "--max-new-tokens", "12", "--cost-curve"))
+    assert rc == 0
+    for name in ("bench.json", "results.md", "tau_vs_k.html", "speedup.html", "cost_curve.html", "defaults.json"):
+        assert (out / name).stat().st_size > 0, name
+    report = json.loads((out / "bench.json").read_text())
+    assert {"command", "argv", "created", "machine", "model", "settings", "prompts", "summary", "mismatches",
+            "cost_curve", "predictions", "defaults"} <= set(report)
+    assert report["command"].startswith("python -m mtp bench --prompts ") and "--limit 2" in report["command"]
+    assert report["machine"]["torch_threads"] == 1 and report["model"]["k"] == 4
+    # --limit 2 per domain: 2 math + 2 code + 1 chat (domain field), in file order.
+    assert [e["domain"] for e in report["prompts"]] == ["math", "math", "code", "code", "chat"]
+    assert [e["source"] for e in report["prompts"]][:2] == ["gsm8k.jsonl:1", "gsm8k.jsonl:2"]
+    assert report["mismatches"] == []
+    for entry in report["prompts"]:
+        baseline = entry["baseline"]
+        assert 1 <= baseline["new_tokens"] <= 12 and baseline["steps"] == baseline["new_tokens"]  # generate: τ = 1
+        assert len(entry["runs"]) == 8  # autoregressive, linear ×3, quadratic ×3, prompt_lookup
+        for run in entry["runs"]:
+            assert run["mismatch_at"] is None and run["new_tokens"] == baseline["new_tokens"]
+            assert 1 <= run["new_tokens"] / run["steps"] <= (run["k"] or 10) + 1
+    summary = report["summary"]
+    assert list(summary) == ["math", "code", "chat", "all"]
+    everything = summary["all"]
+    assert everything["generate"]["prompts"] == 5
+    assert everything["runs"]["autoregressive"]["tokens_per_step"] == 1.0
+    for name, stats in everything["runs"].items():
+        assert stats["speedup_vs_generate"] == pytest.approx(
+            stats["tokens_per_second"] / everything["generate"]["tokens_per_second"])
+        assert stats["mismatches"] == 0
+    quad = everything["runs"]["quadratic k=4"]
+    assert len(quad["per_offset_acceptance"]) == 4 and all(0 <= r <= 1 for r in quad["per_offset_acceptance"])
+    # A random adapter still gets some drafts accepted on these prompts: τ is measured, not assumed.
+    assert quad["tokens_per_step"] == pytest.approx(quad["new_tokens"] / quad["steps"])
+    curve = report["cost_curve"]
+    assert set(curve["step_seconds"]) == {"1", "2", "4"}
+    assert curve["step_seconds"]["4"]["quadratic g=5"]["input_length"] == 25  # (k+1)^2
+    assert curve["step_seconds"]["4"]["linear"]["input_length"] == 9  # 2k+1
+    assert all(s > 0 for s in curve["backbone_seconds"].values())
+    defaults = json.loads((out / "defaults.json").read_text())
+    assert defaults["method"] in ("autoregressive", "linear", "quadratic")
+    assert defaults == report["defaults"]
+    assert report["predictions"][0]["predicted_tokens_per_second"] == max(
+        c["predicted_tokens_per_second"] for c in report["predictions"])
+    markdown = (out / "results.md").read_text()
+    assert "0 mismatches" in markdown and "| domain | k=1 | k=2 | k=4 |" in markdown
+    assert "| quadratic k=4 |" in markdown and "Cost curve" in markdown
+    assert "plotly" in (out / "tau_vs_k.html").read_text()
+
+
+def test_broken_method_is_reported(tiny, tmp_path, monkeypatch, caplog):
+    real = decoding.generate
+
+    def broken(model, prompt_ids, **kwargs):
+        trace = real(model, prompt_ids, **kwargs)
+        if kwargs["method"] == "linear" and len(trace.token_ids) > 2:
+            trace.token_ids[2] = (trace.token_ids[2] + 1) % 128
+        return trace
+    monkeypatch.setattr(decoding, "generate", broken)
+    out = tmp_path / "out"
+    rc = main(bench_args(tiny, out, "--limit", "1", "--k-list", "1,2", "--methods", "linear,quadratic",
+                         "--max-new-tokens", "8"))
+    assert rc == 1
+    report = json.loads((out / "bench.json").read_text())
+    lengths = [e["baseline"]["new_tokens"] for e in report["prompts"]]
+    expected = 2 * sum(n > 2 for n in lengths)  # every linear run long enough to be broken, k = 1 and 2
+    assert expected > 0
+    assert len(report["mismatches"]) == expected
+    assert {(m["method"], m["first_mismatch_at"]) for m in report["mismatches"]} == {("linear", 2)}
+    assert report["summary"]["all"]["runs"]["quadratic k=2"]["mismatches"] == 0
+    assert report["summary"]["all"]["runs"]["linear k=1"]["mismatches"] == expected // 2
+    assert f"**{expected} of {2 * 2 * len(lengths)} runs differ" in (out / "results.md").read_text()
+    assert "mismatch: gsm8k.jsonl:1 linear k=1 first at token 2" in caplog.text
+
+
+def test_first_mismatch():
+    assert bench.first_mismatch([1, 2, 3], [1, 2, 3]) is None
+    assert bench.first_mismatch([1, 5, 3], [1, 2, 3]) == 1
+    assert bench.first_mismatch([1, 2], [1, 2, 3]) == 2
+
+
+def test_predict_prices_groups_from_acceptance():
+    """Quadratic k=2 accepted 2 then 0 drafts. With g=1 the first step has no surviving group, so a
+    draftless pass (1 token) follows it: 3+1+1 tokens in full+draftless+full seconds."""
+    settings = bench.Settings(methods=("autoregressive", "quadratic"), k_list=(2,))
+    runs = [{"method": "autoregressive", "k": None},
+            {"method": "quadratic", "k": 2, "accept_counts": [0, 2, 0], "proposed_counts": [0, 2, 2]}]
+    results = [{"runs": runs}]
+    curve = {"step_seconds": {2: {"autoregressive": {"seconds": 0.1}, "draftless": {"seconds": 0.12},
+                                  "quadratic g=1": {"seconds": 0.15}, "quadratic g=3": {"seconds": 0.2}}},
+             "drafting_seconds": {2: 0.01}}
+    ranked = {(c["method"], c["groups"]): c for c in bench.predict(results, curve, settings)}
+    assert ranked[("autoregressive", None)]["predicted_tokens_per_second"] == pytest.approx(10.0)
+    g1 = ranked[("quadratic", 1)]
+    assert g1["tokens_per_step"] == pytest.approx(5 / 3)
+    assert g1["predicted_tokens_per_second"] == pytest.approx(5 / (0.16 + 0.13 + 0.16))
+    g3 = ranked[("quadratic", 3)]
+    assert g3["tokens_per_step"] == pytest.approx(4 / 2)
+    assert g3["predicted_tokens_per_second"] == pytest.approx(4 / 0.42)
+    assert g3["predicted_speedup_vs_autoregressive"] == pytest.approx(4 / 0.42 / 10.0)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--methods", "linear,beam"], "unknown method"),
+    (["--k-list", "1,x"], "comma-separated integers"),
+    (["--k-list", "0,2"], "at least 1"),
+    (["--k-list", "2,2"], "repeats"),
+    (["--k-list", "8"], "checkpoint has k=4"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    (["--methods", "linear", "--groups", "2"], "--groups applies to the quadratic"),
+    (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
+])
+def test_bad_input_exits_2(tiny, tmp_path, capsys, extra, message):
+    assert main(bench_args(tiny, tmp_path / "out", *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_prompt_file_exits_2(tiny, tmp_path, capsys):
+    assert main(["bench", "--prompts", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "out")]) == 2
+    assert "prompt file(s) not found" in capsys.readouterr().err
