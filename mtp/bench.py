@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -173,7 +173,7 @@ def bench_prompts(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: 
     runs = [(BASELINE, None)] + runs_of(settings)
     encoded = [encode_prompt(tokenizer, record.prompt, settings.chat_template) for record in records]
     # Warm-up (first-call allocations, lazy inits), untimed: a short run of each kind.
-    warm = Settings(**{**asdict(settings), "max_new_tokens": min(8, settings.max_new_tokens)})
+    warm = replace(settings, max_new_tokens=min(8, settings.max_new_tokens))
     for method, k in runs:
         _measure(model, encoded[0], method, k, warm, eos, pad)
     order = random.Random(seed)
@@ -193,7 +193,8 @@ def bench_prompts(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: 
         for method, k in runs[1:]:
             run = measured[(method, k)]
             run.update(method=method, k=k, mismatch_at=first_mismatch(run["token_ids"], baseline["token_ids"]))
-            del run["token_ids"]  # identical runs repeat the baseline's tokens; the mismatch index says the rest
+            if run["mismatch_at"] is None:
+                del run["token_ids"]  # the baseline's tokens; kept only where they differ
             entry["runs"].append(run)
         results.append(entry)
     bar.close()
