@@ -39,4 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m mtp` this file runs as module "__main__", while commands import
+    # "mtp.__main__": dispatch through the latter so both share one UsageError class.
+    from mtp.__main__ import main as _main
+    sys.exit(_main())
