@@ -42,16 +42,17 @@ class GatedLoraLinear(LoraLinear):
         gate = _GATE.get()
         if gate is None or self.disable_adapters or self.merged or not bool(gate.any()):
             return result
-        rows = x[gate]  # (n_open, in): LoRA cost only where it is used
-        update = torch.zeros_like(result)
+        everywhere = bool(gate.all())  # e.g. a training pass over mask blocks only: no gather/scatter
+        rows = x if everywhere else x[gate]  # (n_open, in): LoRA cost only where it is used
         for name in self.active_adapters:
             if name not in self.lora_A:
                 continue
             lora_a, lora_b = self.lora_A[name], self.lora_B[name]
             delta = lora_b(lora_a(self.lora_dropout[name](rows.to(lora_a.weight.dtype)))) * self.scaling[name]
-            update = update.index_put((gate,), delta.to(result.dtype), accumulate=True)
-        # Adding exact zeros leaves real-token outputs bit-identical to the base model.
-        return result + update
+            delta = delta.to(result.dtype)
+            # Closed-gate rows are never written: real-token outputs stay bit-identical to the base model.
+            result = result + delta if everywhere else result.index_put((gate,), delta, accumulate=True)
+        return result
 
 
 class Sampler(nn.Module):

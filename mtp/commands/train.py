@@ -1,0 +1,63 @@
+"""python -m mtp train --config FILE.yaml [--resume | --init-from DIR] [--set key=value ...]
+
+Also under accelerate: `accelerate launch -m mtp train --config FILE.yaml` (DDP, one process per device).
+Ctrl-C or SIGTERM ends the run after the current step, with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+
+import yaml
+
+from mtp.__main__ import UsageError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="training config (YAML); see configs/")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue the run in the config's out dir exactly")
+    start.add_argument("--init-from", metavar="DIR", help="start from a checkpoint's adapter weights (fresh optimizer)")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                        help="override a config key (value parsed as YAML), e.g. --set steps=50 --set out=runs/x")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise UsageError(f"--set {item!r}: value is not valid YAML ({error})") from error
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtp.train import TrainConfig, TrainError, train
+
+    try:
+        config = TrainConfig.from_yaml(args.config, parse_overrides(args.set))
+    except TrainError as error:
+        raise UsageError(str(error)) from error
+    stop_requested = []
+
+    def request_stop(signum, frame):
+        if stop_requested:  # a second signal: stop now, without a checkpoint
+            raise KeyboardInterrupt
+        stop_requested.append(signum)
+        print("\nstopping after this step (a checkpoint will be saved); signal again to abort", flush=True)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        out = train(config, should_stop=lambda: bool(stop_requested), resume=args.resume,
+                    init_from=args.init_from, progress=not args.no_progress)
+    except TrainError as error:
+        raise UsageError(str(error)) from error
+    print(f"checkpoint: {out}")
+    return 0
