@@ -6,7 +6,7 @@ Every number the demo shows passes through here; nothing here runs a model.
 from __future__ import annotations
 
 import html
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -28,9 +28,11 @@ Decode = Callable[[int], str]
 
 
 def token_decoder(tokenizer=None) -> Decode:
-    """id -> display text; without a tokenizer ids are shown as <id>."""
+    """id -> display text from a tokenizer (anything with .decode) or a {id: text} mapping; else <id>."""
     if tokenizer is None:
         return lambda token: f"<{token}>"
+    if isinstance(tokenizer, Mapping):
+        return lambda token: tokenizer.get(token, f"<{token}>")
     return lambda token: tokenizer.decode([token])
 
 
@@ -86,7 +88,7 @@ def probe_table(probe: ProbeResult) -> pd.DataFrame:
             "greedy token": [_label(probe.text(t)) for t in probe.greedy_ids[1:]]}
     for name, view in probe.views.items():
         data[f"{name} rank"] = view.greedy_rank
-        data[f"{name} p"] = [round(p, 4) for p in view.greedy_prob]
+        data[f"{name} p"] = [float(f"{p:.3g}") for p in view.greedy_prob]
     return pd.DataFrame(data)
 
 

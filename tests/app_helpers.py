@@ -50,12 +50,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_app(port: int, extra_env: dict | None = None, timeout: float = 240.0) -> subprocess.Popen:
+def start_app(port: int, args: list[str] = (), timeout: float = 240.0) -> subprocess.Popen:
     """`python app.py` on a free port with the real embedded model; waits until the page answers."""
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / f"app-{port}.log", "w")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **(extra_env or {}))
-    proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), *args],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + timeout
     while time.time() < deadline:

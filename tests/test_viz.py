@@ -120,3 +120,10 @@ def test_loss_figure_each_term():
     assert [d.name for d in fig.data] == ["loss", "loss_base", "loss_sampler", "loss_lcm"]
     assert list(fig.data[1].x) == [1, 2] and list(fig.data[1].y) == [5.0, 4.5]
     assert viz.loss_figure([]).data == ()
+
+
+def test_token_texts_from_mapping():
+    trace = recorded_trace()
+    texts = {t: LetterTokenizer().decode([t]) for s in trace.steps for t in s.drafts + [s.bonus]}
+    assert viz.accept_reject_html(trace, texts) == viz.accept_reject_html(trace, LetterTokenizer())
+    assert viz.token_decoder({})(5) == "<5>" and viz.token_decoder(None)(5) == "<5>"

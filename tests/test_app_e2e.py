@@ -1,0 +1,163 @@
+"""The demo end to end in real headless Chromium, on the real embedded model (no test-only set-up).
+
+Starts `python app.py` on a free port, then for each tab types a prompt, runs it and checks what the
+page shows. Screenshots go to test-artifacts/. Needs Debian chromium (`make test` installs it).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from tests.app_helpers import ARTIFACTS, free_port, start_app, stop_app
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+PROMPT = "Write a Python function that returns the factorial of n."
+K = 4
+MAX_NEW = 24
+LONG = 600_000  # ms: generation on a busy 2-core CPU
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    port = free_port()
+    proc = start_app(port, ["--runs-dir", str(tmp_path_factory.mktemp("runs"))])
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function("document.querySelector('#model-status')?.innerText.includes('Ready')",
+                                   timeout=LONG)
+            set_number(page, "#k", K)
+            set_number(page, "#max-new", MAX_NEW)
+            yield page
+            browser.close()
+    finally:
+        stop_app(proc)
+
+
+def set_number(page: Page, slider: str, value) -> None:
+    box = page.locator(f"{slider} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    page.wait_for_function(f"document.querySelector('{slider} input[type=range]').value == '{value}'")
+
+
+def open_tab(page: Page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+    page.fill("#prompt textarea", PROMPT)
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"e2e-{name}.png"), full_page=True)
+
+
+def wait_text(page: Page, selector: str, pattern: str, timeout: int = LONG) -> str:
+    page.wait_for_function(
+        "([s, p]) => new RegExp(p).test(document.querySelector(s)?.innerText || '')", arg=[selector, pattern],
+        timeout=timeout)
+    return page.inner_text(selector)
+
+
+def table_rows(page: Page, selector: str) -> list[list[str]]:
+    rows = page.locator(f"{selector} tbody tr")
+    return [[c.strip() for c in rows.nth(i).locator("td").all_inner_texts()] for i in range(rows.count())]
+
+
+def test_future_heatmap(page: Page):
+    open_tab(page, "Future heatmap")
+    page.click("#probe-run")
+    wait_text(page, "#probe-summary", "Plain greedy decoding continues with")
+    page.wait_for_selector("#probe-plot .js-plotly-plot .heatmaplayer")
+    labels = page.locator("#probe-plot .yaxislayer-above .ytick text").all_text_contents()
+    assert len(labels) == 3 * K  # three views, one row per offset
+    for view in range(3):
+        rows = labels[view * K:(view + 1) * K]
+        assert [re.match(r"\+(\d+) · rank (\d+)$", r).group(1) for r in rows] == [str(i) for i in range(1, K + 1)]
+    assert page.locator("#probe-plot .heatmaplayer").count() == 3
+    table = table_rows(page, "#probe-table")
+    assert [row[0] for row in table] == [f"+{i}" for i in range(1, K + 1)]
+    # The ranks in the figure's row labels are the table's ranks (base probe: column 3).
+    assert [re.search(r"rank (\d+)", r).group(1) for r in labels[:K]] == [row[2] for row in table]
+    shot(page, "heatmap")
+
+
+def test_accepted_vs_rejected(page: Page):
+    open_tab(page, "Accepted vs rejected")
+    page.click("#gen-run")
+    status = wait_text(page, "#gen-html .mtp-status", r"step (\d+) of \1 ")
+    steps, tokens = map(int, re.search(r"step (\d+) of \d+ · (\d+) tokens", status).groups())
+    assert tokens == MAX_NEW and 1 <= steps <= MAX_NEW
+    output = page.locator("#gen-html .mtp-output")
+    accepted, rejected, bonus = (output.locator(f".mtp-{kind}") for kind in ("accepted", "rejected", "bonus"))
+    assert accepted.count() >= 1 and rejected.count() >= 1 and bonus.count() == steps
+    assert accepted.count() + bonus.count() == MAX_NEW
+    style = lambda loc, prop: loc.first.evaluate(f"e => getComputedStyle(e).{prop}")  # noqa: E731
+    assert style(accepted, "color") == "rgb(27, 122, 54)" and style(bonus, "color") == "rgb(31, 95, 191)"
+    assert style(rejected, "color") == "rgb(192, 57, 43)" and "line-through" in style(rejected, "textDecorationLine")
+    assert page.locator("#gen-html .mtp-legend .mtp-tok").count() == 3
+    assert len(table_rows(page, "#gen-table")) == steps
+    page.wait_for_selector("#gen-chart .js-plotly-plot .bars")
+    assert re.search(rf"\*?{MAX_NEW} tokens · {steps} forward passes", page.inner_text("#gen-metrics"))
+    shot(page, "accepted")
+    set_number(page, "#gen-step", 1)  # replay: only the first pass (the prefill: one bonus token)
+    wait_text(page, "#gen-html .mtp-status", rf"step 1 of {steps} · 1 tokens")
+    assert output.locator(".mtp-tok").count() == 1 and output.locator(".mtp-bonus").count() == 1
+
+
+def test_race_three_identical(page: Page):
+    open_tab(page, "Race")
+    page.click("#race-run")
+    verdict = wait_text(page, "#race-verdict", "identical|differ")
+    assert "All three outputs are identical" in verdict
+    texts = [page.input_value(f"#race-text-{m} textarea") for m in ("autoregressive", "linear", "quadratic")]
+    assert texts[0] and texts[0] == texts[1] == texts[2]
+    assert "factorial" in texts[0]
+    assert page.locator("#race-plot .scatterlayer .trace").count() == 3
+    table = table_rows(page, "#race-table")
+    assert [row[0] for row in table] == ["autoregressive", "linear", "quadratic"]
+    assert [row[2] for row in table] == [str(MAX_NEW)] * 3  # new tokens
+    assert table[0][3] == str(MAX_NEW)  # autoregressive: one forward pass per token
+    shot(page, "race")
+
+
+def test_lossless_check(page: Page):
+    open_tab(page, "Lossless check")
+    page.click("#lossless-run")
+    verdict = wait_text(page, "#lossless-verdict", "max \\|Δ logit\\|")
+    assert re.search(r"real tokens = 0 \(vs the plain base model", verdict)
+    table = table_rows(page, "#lossless-table")
+    assert table[0][1] == "0" and float(table[1][1]) < 1e-4
+    shot(page, "lossless")
+
+
+def test_train_and_use_checkpoint(page: Page):
+    page.get_by_role("tab", name="Train").click()
+    set_number(page, "#train-k", 2)
+    set_number(page, "#train-steps", 2)
+    set_number(page, "#train-prompts", 2)
+    page.click("#train-run")
+    status = wait_text(page, "#train-status", "finished|failed|stopped")
+    assert "finished after 2 steps" in status, status
+    page.wait_for_selector("#train-plot .js-plotly-plot .scatterlayer .trace")
+    names = page.locator("#train-plot .legendtext").all_text_contents()
+    assert {"loss", "loss_base", "loss_sampler", "loss_lcm"} <= set(names)
+    shot(page, "train")
+    # The new checkpoint appears in Settings; use it in the lossless tab.
+    new = re.search(r"checkpoint `([^`]+)`", status).group(1)
+    page.click("#checkpoint input")
+    page.get_by_role("option", name=new).click()
+    wait_text(page, "#model-status", rf"Ready: .*{re.escape(new.split('/')[-1])}.*\(k = 2\)")
+    page.get_by_role("tab", name="Lossless check").click()
+    page.click("#lossless-run")
+    verdict = wait_text(page, "#lossless-verdict", r"with 2 masks|With 2 masks")
+    table = table_rows(page, "#lossless-table")
+    assert table[0][1] == "0" and float(table[2][1]) > 0  # trained LoRA: the forced-open gate moves logits
+    assert "untrained" not in verdict
