@@ -41,6 +41,7 @@ METHODS = ("autoregressive", "linear", "quadratic", "prompt_lookup")
 BASELINE = "generate"
 RESULTS_FILE = "bench.json"
 DEFAULTS_FILE = "defaults.json"
+PARTIAL_FILE = "partial.jsonl"  # finished prompts of a run in progress, for --resume
 # DESIGN §6: the paper's τ (Tulu3-8B, quadratic + sampler + LCM) at k = 1, 2, 4, 8.
 PAPER_K = (1, 2, 4, 8)
 PAPER_TAU = {"GSM8K (math)": (1.84, 2.58, 3.75, 5.22), "HumanEval (code)": (1.86, 2.63, 3.87, 5.35),
@@ -165,13 +166,71 @@ def first_mismatch(tokens: list[int], reference: list[int]) -> int | None:
 
 
 # -- the benchmark --------------------------------------------------------------------------------
+def _prompt_key(record: PromptRecord) -> str:
+    return f"{record.source}:{record.key}"
+
+
+class PartialMismatch(ValueError):
+    """A partial results file written by a run with another model or settings."""
+
+
+def read_partial(path: Path, header: dict) -> list[dict]:
+    """Entries an interrupted run wrote under the same header; a torn last line is dropped."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        same = bool(lines) and json.loads(lines[0]) == header
+    except json.JSONDecodeError:
+        same = False
+    if not same:
+        raise PartialMismatch(f"{path} was written by a run with another model or settings: "
+                         "rerun with the same options, or delete it to start afresh")
+    entries = []
+    for line in lines[1:]:
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return entries
+
+
+def measure_prompt(model: MTPModel, record: PromptRecord, prompt_ids: list[int], runs: list[tuple[str, int | None]],
+                   settings: Settings, eos: list[int], pad: int, bar: tqdm) -> dict:
+    """All runs on one prompt, in the given order; each greedy output checked against the baseline's."""
+    measured = {}
+    for method, k in runs:
+        bar.set_postfix_str(f"{record.domain} {run_name(method, k)}")
+        measured[(method, k)] = _measure(model, prompt_ids, method, k, settings, eos, pad)
+        bar.update()
+    baseline = measured.pop((BASELINE, None))
+    entry = {"key": _prompt_key(record), "domain": record.domain, "source": record.source,
+             "prompt_tokens": len(prompt_ids), "baseline": baseline, "runs": []}
+    for method, k in runs_of(settings):
+        run = measured[(method, k)]
+        run.update(method=method, k=k, mismatch_at=first_mismatch(run["token_ids"], baseline["token_ids"]))
+        if run["mismatch_at"] is None:
+            del run["token_ids"]  # the baseline's tokens; kept only where they differ
+        entry["runs"].append(run)
+    return entry
+
+
 def bench_prompts(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: list[PromptRecord],
-                  settings: Settings, progress: bool = True, seed: int = 0) -> list[dict]:
-    """Every run on every prompt, interleaved per prompt; one raw result dict per prompt."""
+                  settings: Settings, progress: bool = True, seed: int = 0, partial: Path | None = None,
+                  header: dict | None = None, done: list[dict] = ()) -> list[dict]:
+    """Every run on every prompt, interleaved per prompt; one raw result dict per prompt.
+
+    partial: a JSONL file that gets `header`, then each prompt's entry as soon as it is measured, so
+    an interrupted run loses at most one prompt. `done`: entries read back from it, not measured again.
+    """
     eos = eos_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     runs = [(BASELINE, None)] + runs_of(settings)
     encoded = [encode_prompt(tokenizer, record.prompt, settings.chat_template) for record in records]
+    done_by_key = {entry["key"]: entry for entry in done}
+    sink = None
+    if partial is not None:
+        sink = open(partial, "w", encoding="utf-8")  # rewritten whole: drops any torn line
+        sink.write(json.dumps(header) + "\n" + "".join(json.dumps(e) + "\n" for e in done))
+        sink.flush()
     # Warm-up (first-call allocations, lazy inits), untimed: a short run of each kind.
     warm = replace(settings, max_new_tokens=min(8, settings.max_new_tokens))
     for method, k in runs:
@@ -179,25 +238,23 @@ def bench_prompts(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: 
     order = random.Random(seed)
     results = []
     bar = tqdm(total=len(records) * len(runs), desc="bench", unit="run", file=sys.stderr, disable=not progress)
-    for record, prompt_ids in zip(records, encoded):
-        shuffled = list(runs)
-        order.shuffle(shuffled)
-        measured = {}
-        for method, k in shuffled:
-            bar.set_postfix_str(f"{record.domain} {run_name(method, k)}")
-            measured[(method, k)] = _measure(model, prompt_ids, method, k, settings, eos, pad)
-            bar.update()
-        baseline = measured[(BASELINE, None)]
-        entry = {"domain": record.domain, "source": record.source, "prompt_tokens": len(prompt_ids),
-                 "baseline": baseline, "runs": []}
-        for method, k in runs[1:]:
-            run = measured[(method, k)]
-            run.update(method=method, k=k, mismatch_at=first_mismatch(run["token_ids"], baseline["token_ids"]))
-            if run["mismatch_at"] is None:
-                del run["token_ids"]  # the baseline's tokens; kept only where they differ
-            entry["runs"].append(run)
-        results.append(entry)
-    bar.close()
+    try:
+        for record, prompt_ids in zip(records, encoded):
+            shuffled = list(runs)
+            order.shuffle(shuffled)  # drawn even for a resumed prompt: the same order as one uninterrupted run
+            if _prompt_key(record) in done_by_key:
+                results.append(done_by_key[_prompt_key(record)])
+                bar.update(len(runs))
+                continue
+            entry = measure_prompt(model, record, prompt_ids, shuffled, settings, eos, pad, bar)
+            results.append(entry)
+            if sink is not None:
+                sink.write(json.dumps(entry) + "\n")
+                sink.flush()
+    finally:
+        bar.close()
+        if sink is not None:
+            sink.close()
     return results
 
 
@@ -572,8 +629,13 @@ def _write_text(path: Path, text: str) -> None:
 
 def benchmark(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: list[PromptRecord],
               settings: Settings, *, model_name: str, checkpoint: str | None, command: str,
-              with_cost_curve: bool = False, curve_repeats: int = 7, progress: bool = True) -> dict:
-    """Run everything and return the report that write_outputs saves."""
+              with_cost_curve: bool = False, curve_repeats: int = 7, progress: bool = True,
+              partial: Path | None = None, resume: bool = False) -> dict:
+    """Run everything and return the report that write_outputs saves.
+
+    partial: where finished prompts are written as they complete; resume: read it back first
+    (it must come from a run with the same model and settings) and measure only what is missing.
+    """
     device = model.mask_embeddings.device
     report = {
         "command": command, "argv": sys.argv,
@@ -582,7 +644,10 @@ def benchmark(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: list
         "model": {"name": model_name, "checkpoint": checkpoint, "k": model.k, "sampler": model.sampler is not None},
         "settings": asdict(settings),
     }
-    results = bench_prompts(model, tokenizer, records, settings, progress=progress)
+    header = json.loads(json.dumps({"model": report["model"], "settings": report["settings"]}))
+    done = read_partial(partial, header) if resume and partial is not None and partial.exists() else []
+    results = bench_prompts(model, tokenizer, records, settings, progress=progress, partial=partial,
+                            header=header, done=done)
     report.update(prompts=results, summary=summarize(results, settings), mismatches=mismatches(results))
     if with_cost_curve:
         curve = cost_curve(model, settings.k_list, repeats=curve_repeats, use_sampler=settings.use_sampler)

@@ -175,3 +175,35 @@ def test_bad_input_exits_2(tiny, tmp_path, capsys, extra, message):
 def test_missing_prompt_file_exits_2(tiny, tmp_path, capsys):
     assert main(["bench", "--prompts", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "out")]) == 2
     assert "prompt file(s) not found" in capsys.readouterr().err
+
+
+def test_interrupted_run_resumes(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    args = bench_args(tiny, out, "--k-list", "2", "--methods", "quadratic", "--max-new-tokens", "6")
+    real, real_prompt = bench._measure, bench.measure_prompt
+    calls = []
+
+    def interrupted(model, prompt_ids, *rest):
+        calls.append(tuple(prompt_ids))
+        if len(calls) == 2 + 2 * 2 + 1:  # warm-up (2 runs), two whole prompts (2 runs each), then stop
+            raise KeyboardInterrupt
+        return real(model, prompt_ids, *rest)
+    monkeypatch.setattr(bench, "_measure", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    partial = out / bench.PARTIAL_FILE
+    lines = partial.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[1])["source"] == "gsm8k.jsonl:1"
+    assert main(args) == 2  # not silently overwritten
+    assert main(args[:-1] + ["7", "--resume"]) == 2  # other settings: refused
+    monkeypatch.setattr(bench, "_measure", real)
+    measured = []
+    monkeypatch.setattr(bench, "measure_prompt", lambda model, record, *rest: measured.append(record.source)
+                        or real_prompt(model, record, *rest))
+    assert main(args + ["--resume"]) == 0
+    assert measured == ["gsm8k.jsonl:3", "humaneval.jsonl:1", "humaneval.jsonl:2", "mixed.jsonl:1"]
+    report = json.loads((out / "bench.json").read_text())
+    assert [e["source"] for e in report["prompts"]][:2] == ["gsm8k.jsonl:1", "gsm8k.jsonl:2"]
+    assert report["prompts"][0] == json.loads(lines[1]) and report["mismatches"] == []
+    assert not partial.exists()
+

@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-chat-template", action="store_true", help="feed prompts raw, without the chat template")
     parser.add_argument("--cost-curve", action="store_true",
                         help="also time forward passes vs input length and write the best defaults for this device")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from OUT/partial.jsonl (same options) instead of starting afresh")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
 
 
@@ -82,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"prompt file(s) not found: {', '.join(missing)}")
     if args.checkpoint is not None and not Path(args.checkpoint).is_dir():
         raise UsageError(f"checkpoint directory {args.checkpoint} does not exist")
+    partial = Path(args.out) / bench.PARTIAL_FILE
+    if partial.exists() and not args.resume:
+        raise UsageError(f"{partial} holds an unfinished run: pass --resume to continue it, or delete it")
 
     import torch
 
@@ -115,11 +120,17 @@ def run(args: argparse.Namespace) -> int:
     domains = sorted({r.domain for r in records})
     log.info("%d prompts (%s), runs per prompt: %s", len(records), ", ".join(domains),
              ", ".join(bench.run_name(m, k) for m, k in bench.runs_of(settings)))
-    report = bench.benchmark(model, tokenizer, records, settings, model_name=args.model or EMBEDDED_NAME,
-                             checkpoint=None if checkpoint is None else str(checkpoint),
-                             command=_command_line(args), with_cost_curve=args.cost_curve)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        report = bench.benchmark(model, tokenizer, records, settings, model_name=args.model or EMBEDDED_NAME,
+                                 checkpoint=None if checkpoint is None else str(checkpoint),
+                                 command=_command_line(args), with_cost_curve=args.cost_curve,
+                                 partial=partial, resume=args.resume)
+    except bench.PartialMismatch as error:
+        raise UsageError(str(error)) from None
     for path in bench.write_outputs(report, args.out):
         log.info("wrote %s", path)
+    partial.unlink()  # everything it held is in bench.json now
     bad = report["mismatches"]
     log.info("greedy token identity: %d mismatches", len(bad))
     for m in bad:
