@@ -8,6 +8,7 @@ and skipped.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -201,9 +202,10 @@ def distill(prompt_files: list[str | Path], out: str | Path, *, model_source: st
 
 
 def read_distilled(path: str | Path) -> list[dict]:
-    """Distilled samples; malformed lines reported as file:line and skipped."""
+    """Distilled samples (JSONL, or JSONL.gz as committed); malformed lines reported as file:line and skipped."""
     samples = []
-    with open(path, encoding="utf-8") as handle:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             try:
                 sample = json.loads(line)
