@@ -1,0 +1,153 @@
+"""python -m mtp generate: one prompt or a prompts file through autoregressive / linear / quadratic decoding.
+
+Text streams to stdout with a one-line summary on stderr; with --json, exactly one JSON object per
+prompt goes to stdout (in input order) and everything else to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from ..__main__ import UsageError
+
+log = logging.getLogger("mtp.generate")
+METHODS = ("autoregressive", "linear", "quadratic")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="the prompt text")
+    source.add_argument("--prompts-file", metavar="FILE.jsonl",
+                        help="one JSON object per line with a `prompt` field; other fields are passed through")
+    parser.add_argument("--model", default=None, help="embedded model name, model directory or Hub id (default: embedded SmolLM2)")
+    parser.add_argument("--checkpoint", default=None, help="MTP checkpoint directory (default: the shipped one, if present)")
+    parser.add_argument("--method", default="quadratic", help="autoregressive | linear | quadratic (default quadratic)")
+    parser.add_argument("--k", type=int, default=None, help="masks per step, 1..the checkpoint's k (default: the checkpoint's k)")
+    parser.add_argument("--groups", type=int, default=None,
+                        help="quadratic: mask groups after the first G of the k+1 tokens (default k+1, the paper's layout)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible runs)")
+    parser.add_argument("--no-chat-template", action="store_true", help="feed the prompt raw, without the chat template")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per prompt on stdout")
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Everything that can be refused before the model loads."""
+    if args.prompt is not None and not args.prompt.strip():
+        raise UsageError("the prompt is empty")
+    if args.method not in METHODS:
+        raise UsageError(f"unknown method '{args.method}': choose one of {', '.join(METHODS)}")
+    if args.k is not None and args.k < 1:
+        raise UsageError(f"--k must be at least 1, got {args.k}")
+    if args.groups is not None:
+        if args.method != "quadratic":
+            raise UsageError("--groups applies to --method quadratic only")
+        if args.groups < 1:
+            raise UsageError(f"--groups must be at least 1, got {args.groups}")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+
+
+def _read_prompts(args: argparse.Namespace) -> list[tuple[str, dict]]:
+    """(prompt, passthrough fields) in input order."""
+    if args.prompt is not None:
+        return [(args.prompt, {})]
+    from ..data import read_prompts
+    try:
+        records = read_prompts(args.prompts_file)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UsageError(f"cannot read prompts file {args.prompts_file}: {error}") from None
+    if not records:
+        raise UsageError(f"prompts file {args.prompts_file} holds no prompts (one JSON object with a `prompt` field per line)")
+    return [(r.prompt, {key: value for key, value in r.fields.items() if key != "prompt"}) for r in records]
+
+
+class _Streamer:
+    """Writes decoded text as chunks arrive; holds back an incomplete multi-byte character."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.tokens, self.shown = tokenizer, [], 0
+
+    def __call__(self, chunk: list[int]) -> None:
+        self.tokens += chunk
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return
+        sys.stdout.write(text[self.shown:])
+        sys.stdout.flush()
+        self.shown = len(text)
+
+    def finish(self, text: str) -> None:
+        sys.stdout.write(text[self.shown:] + "\n")
+        sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_arguments(args)
+    prompts = _read_prompts(args)
+    from ..api import load_mtp  # torch / transformers: imported only once the arguments are read
+    from ..config import CheckpointError
+    from ..decoding import generate
+    from ..models import ModelSourceError, encode_prompt
+
+    try:
+        model, tokenizer = load_mtp(args.model, args.checkpoint, k=args.k or 8)
+    except (CheckpointError, ModelSourceError) as error:
+        raise UsageError(str(error)) from None
+    if args.checkpoint is None and not (args.model is None and _shipped_checkpoint()):
+        log.warning("no checkpoint: a fresh, untrained adapter drafts (output stays exact, drafts are poor)")
+    k = args.k or model.k
+    if k > model.k:
+        raise UsageError(f"--k {k} exceeds the checkpoint's k={model.k}")
+    if args.groups is not None and args.groups > k + 1:
+        raise UsageError(f"--groups must be at most k+1={k + 1}, got {args.groups}")
+    window = getattr(model.base.config, "max_position_embeddings", None)
+    encoded = [encode_prompt(tokenizer, text, chat_template=not args.no_chat_template) for text, _ in prompts]
+    for ids, (text, _) in zip(encoded, prompts):
+        if not ids:
+            raise UsageError("the prompt is empty after tokenization")
+        if window and len(ids) >= window:
+            raise UsageError(f"the prompt has {len(ids)} tokens, more than the model's context window of {window}"
+                             + (f": '{text[:40]}...'" if len(prompts) > 1 else ""))
+    eos = model.base.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    if tokenizer.eos_token_id is not None:
+        eos_ids.add(tokenizer.eos_token_id)
+
+    for ids, (_, passthrough) in zip(encoded, prompts):
+        max_new = args.max_new_tokens if not window else min(args.max_new_tokens, window - len(ids))
+        streamer = None if args.json else _Streamer(tokenizer)
+        trace = generate(model, ids, method=args.method, k=k, max_new_tokens=max_new,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                         eos_token_ids=sorted(eos_ids), tokenizer=tokenizer, groups=args.groups, on_chunk=streamer)
+        metrics = trace.metrics()
+        if args.json:
+            record = {**passthrough, "text": trace.text, "token_ids": trace.token_ids, **metrics,
+                      "prompt_tokens": len(ids), "temperature": args.temperature}
+            if args.method == "quadratic":
+                record["groups"] = args.groups or k + 1
+            print(json.dumps(record), flush=True)
+        else:
+            streamer.finish(trace.text)
+            print(f"{args.method} k={trace.k}: {trace.new_tokens} tokens in {trace.forward_passes} passes "
+                  f"(τ {trace.tokens_per_step:.2f}, draft acceptance {trace.draft_acceptance_rate:.2f}), "
+                  f"{trace.seconds:.2f} s, {trace.tokens_per_second:.1f} tokens/s, stop: {trace.stop_reason}",
+                  file=sys.stderr)
+    return 0
+
+
+def _shipped_checkpoint() -> bool:
+    from ..api import default_checkpoint
+    return default_checkpoint() is not None

@@ -1,0 +1,295 @@
+"""Decoding engine: greedy token identity with transformers generate, oracle drafts, exact sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from decoding_helpers import (chi_square, chi_square_critical, first_three_marginals, greedy_reference, oracle,
+                              random_prompt, tiny_mtp)
+from mtp import decoding
+from mtp.decoding import distribution, generate
+
+METHODS = ("autoregressive", "linear", "quadratic")
+K_VALUES = (1, 2, 3, 4, 8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and do not spin against a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("lora_std", [0.0, 1.0])
+def test_greedy_identity_tiny(family: str, lora_std: float) -> None:
+    """Every method and k reproduces generate(do_sample=False), with mostly wrong drafts."""
+    model = tiny_mtp(family, seed=7, lora_std=lora_std)
+    mismatches, steps, proposed = [], 0, 0
+    for seed in range(3):
+        prompt = random_prompt(seed, 4 + 5 * seed, 128)
+        reference = greedy_reference(model, prompt, 24)
+        assert len(reference) == 24
+        for method in METHODS:
+            for k in K_VALUES:
+                trace = generate(model, prompt, method=method, k=k, max_new_tokens=24)
+                if trace.token_ids != reference:
+                    mismatches.append((seed, method, k))
+                assert trace.stop_reason == "max_new_tokens"
+                assert sum(step.new_tokens for step in trace.steps) == 24
+                steps += trace.forward_passes
+                proposed += trace.proposed_drafts
+                if method == "autoregressive":
+                    assert trace.forward_passes == 24 and trace.proposed_drafts == 0
+    assert mismatches == []
+    assert proposed > 500  # drafts were really verified (and mostly rejected)
+
+
+def test_greedy_identity_groups_and_no_sampler() -> None:
+    model = tiny_mtp("llama", seed=3, lora_std=0.5)
+    prompt = random_prompt(11, 9, 128)
+    reference = greedy_reference(model, prompt, 30)
+    for k in (2, 4):
+        for groups in range(1, k + 2):
+            assert generate(model, prompt, k=k, groups=groups, max_new_tokens=30).token_ids == reference
+    for method in ("linear", "quadratic"):
+        assert generate(model, prompt, method=method, k=4, use_sampler=False, max_new_tokens=30).token_ids == reference
+
+
+@pytest.mark.parametrize("method", ["linear", "quadratic"])
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_oracle_true_drafts_accept_everything(method: str, k: int) -> None:
+    """Drafts forced to the true continuation: every step after the prefill yields k+1 tokens."""
+    model = tiny_mtp("qwen2", seed=1, lora_std=0.5)
+    prompt = random_prompt(5, 7, 128)
+    steps = 6
+    total = 1 + steps * (k + 1)
+    continuation = prompt + greedy_reference(model, prompt, total + k + 1)
+    trace = generate(model, prompt, method=method, k=k, max_new_tokens=total, draft_override=oracle(continuation))
+    assert trace.token_ids == continuation[len(prompt):len(prompt) + total]
+    assert trace.accept_counts == [0] + [k] * steps
+    assert [len(s.drafts) for s in trace.steps] == [0] + [k] * steps
+    assert trace.tokens_per_step == pytest.approx(total / (steps + 1))
+    # τ over the verifying steps (after the prefill pass) is exactly k+1.
+    assert sum(s.new_tokens for s in trace.steps[1:]) / steps == k + 1
+    assert trace.draft_acceptance_rate == 1.0
+    assert trace.per_offset_acceptance == [1.0] * k
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_oracle_wrong_drafts(k: int) -> None:
+    """Forced wrong: linear stalls at one token per pass; quadratic still proposes k drafts every pass."""
+    model = tiny_mtp("llama", seed=2, lora_std=0.5)
+    prompt = random_prompt(6, 8, 128)
+    continuation = prompt + greedy_reference(model, prompt, 40)
+    wrong = oracle(continuation, correct=0)
+    linear = generate(model, prompt, method="linear", k=k, max_new_tokens=20, draft_override=wrong)
+    quadratic = generate(model, prompt, method="quadratic", k=k, max_new_tokens=20, draft_override=wrong)
+    for trace in (linear, quadratic):
+        assert trace.token_ids == continuation[len(prompt):len(prompt) + 20]
+        assert trace.tokens_per_step == 1.0 and trace.accepted_drafts == 0
+    # Linear loses its mask group with every rejection: passes alternate between k drafts and none.
+    assert [len(s.drafts) for s in linear.steps] == [0] + [k, 0] * 9 + [k]
+    assert [len(s.drafts) for s in quadratic.steps] == [0] + [k] * 19
+
+
+def test_oracle_partial_drafts_quadratic_keeps_group() -> None:
+    """j right drafts then wrong ones: quadratic accepts exactly j and proposes again at once."""
+    model = tiny_mtp("qwen2", seed=4, lora_std=0.5)
+    prompt = random_prompt(8, 6, 128)
+    k = 4
+    continuation = prompt + greedy_reference(model, prompt, 80)
+    for correct in range(k):
+        trace = generate(model, prompt, method="quadratic", k=k, max_new_tokens=40,
+                         draft_override=oracle(continuation, correct=correct))
+        assert trace.token_ids == continuation[len(prompt):len(prompt) + 40]
+        assert set(trace.accept_counts[1:-1]) == {correct}
+        assert all(len(s.drafts) == k for s in trace.steps[1:])
+        # Cost-aware layout: no group after d_correct when groups <= correct -> next pass has no drafts.
+        if correct >= 1:
+            cheap = generate(model, prompt, method="quadratic", k=k, groups=correct, max_new_tokens=40,
+                             draft_override=oracle(continuation, correct=correct))
+            assert cheap.token_ids == trace.token_ids
+            assert [len(s.drafts) for s in cheap.steps[1:5]] == [k, 0, k, 0]
+
+
+def test_eos_max_new_tokens_and_chunks() -> None:
+    model = tiny_mtp("llama", seed=5, lora_std=0.5)
+    prompt = random_prompt(3, 8, 128)
+    reference = greedy_reference(model, prompt, 40)
+    eos = reference[17]  # some token of the reference: generation stops at its first occurrence
+    first = reference.index(eos)
+    expected = greedy_reference(model, prompt, 40, eos=eos)
+    assert expected == reference[:first + 1]
+    continuation = prompt + reference
+    for method in METHODS:
+        chunks: list[list[int]] = []
+        trace = generate(model, prompt, method=method, k=4, max_new_tokens=40, eos_token_ids=[eos],
+                         on_chunk=chunks.append, draft_override=oracle(continuation))
+        assert trace.token_ids == expected and trace.stop_reason == "eos"
+        assert [t for c in chunks for t in c] == expected
+        assert [len(c) for c in chunks] == [s.new_tokens for s in trace.steps]
+    # max_new_tokens cuts an accepted chunk that overshoots.
+    trace = generate(model, prompt, method="quadratic", k=8, max_new_tokens=5, draft_override=oracle(continuation))
+    assert trace.token_ids == reference[:5] and trace.stop_reason == "max_new_tokens"
+    assert trace.forward_passes == 2 and trace.steps[1].accepted == 8 and trace.steps[1].new_tokens == 4
+
+
+class _CharTokenizer:
+    """Token t decodes to one letter: enough to test stop strings without a real tokenizer."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(ord("a") + t % 26) for t in ids)
+
+
+def test_stop_strings_cut_text_and_tokens() -> None:
+    model = tiny_mtp("qwen2", seed=6, lora_std=0.5)
+    prompt = random_prompt(4, 8, 128)
+    reference = greedy_reference(model, prompt, 30)
+    tokenizer = _CharTokenizer()
+    full = tokenizer.decode(reference)
+    stop = full[10:13]
+    end = full.index(stop) + 3
+    trace = generate(model, prompt, k=4, max_new_tokens=30, stop_strings=[stop, "never"], tokenizer=tokenizer,
+                     draft_override=oracle(prompt + reference))
+    assert trace.stop_reason == "stop_string"
+    assert trace.text == full[:end] and trace.token_ids == reference[:end]
+    assert sum(s.new_tokens for s in trace.steps) == end
+    with pytest.raises(ValueError, match="tokenizer"):
+        generate(model, prompt, stop_strings=["x"])
+
+
+def test_trace_fields_and_bad_arguments() -> None:
+    model = tiny_mtp("llama", seed=0, k=4)
+    prompt = random_prompt(0, 5, 128)
+    trace = generate(model, prompt, method="quadratic", k=3, groups=2, max_new_tokens=6)
+    first, second = trace.steps[0], trace.steps[1]
+    assert first.input_length == 5 + 3 and first.drafts == [] and first.bonus == trace.token_ids[0]
+    assert second.input_length == 4 + 2 * 3 and len(second.drafts) == 3
+    assert all(s.seconds > 0 for s in trace.steps) and trace.seconds >= sum(s.seconds for s in trace.steps)
+    assert generate(model, prompt, method="autoregressive", max_new_tokens=3).k == 0
+    for kwargs, message in [({"method": "cubic"}, "unknown method"), ({"k": 0}, "k must"), ({"k": 5}, "k must"),
+                            ({"groups": 5, "k": 3}, "groups"), ({"method": "linear", "groups": 1}, "quadratic"),
+                            ({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p")]:
+        with pytest.raises(ValueError, match=message):
+            generate(model, prompt, **kwargs)
+    with pytest.raises(ValueError, match="empty"):
+        generate(model, [])
+
+
+def test_distribution_matches_transformers_warpers() -> None:
+    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    scores = TemperatureLogitsWarper(0.7)(None, logits.clone())
+    scores = TopKLogitsWarper(20)(None, scores)
+    scores = TopPLogitsWarper(0.8)(None, scores)
+    expected = torch.softmax(scores, dim=-1)
+    assert torch.allclose(distribution(logits, 0.7, top_k=20, top_p=0.8), expected, atol=1e-6)
+    kept = (expected > 0).sum(-1)
+    assert int(kept.min()) >= 2 and int(kept.max()) < 20  # the filters cut and kept several
+
+
+# -- sampling exactness ---------------------------------------------------------------------------
+VOCAB = 16
+SAMPLES = 600
+TEMPERATURE = 0.5
+
+
+@pytest.fixture(scope="module")
+def sampling_model():
+    """A tiny model with 16 tokens whose proposal (random LoRA + sampler) differs clearly from p."""
+    return tiny_mtp("llama", seed=3, k=3, vocab=VOCAB, lora_std=0.5, layers=1), random_prompt(0, 6, VOCAB)
+
+
+def _sample_counts(model, prompt, method: str, **kwargs) -> torch.Tensor:
+    """Counts of the first three tokens over SAMPLES seeded generations."""
+    counts = torch.zeros(3, VOCAB)
+    for seed in range(SAMPLES):
+        trace = generate(model, prompt, method=method, k=3, max_new_tokens=3, temperature=TEMPERATURE,
+                         seed=seed, **kwargs)
+        for position, token in enumerate(trace.token_ids):
+            counts[position, token] += 1
+    return counts
+
+
+def _statistics(counts: torch.Tensor, marginals: list[torch.Tensor]) -> list[tuple[float, float]]:
+    """(chi-square statistic, critical value at 1e-4) per position."""
+    out = []
+    for position in range(3):
+        statistic, df = chi_square(counts[position], marginals[position])
+        out.append((statistic, chi_square_critical(df)))
+    return out
+
+
+@pytest.mark.parametrize("method, filters", [("linear", {}), ("quadratic", {}),
+                                             ("quadratic", {"top_k": 8, "top_p": 0.9})])
+def test_speculative_sampling_matches_plain_distribution(sampling_model, method: str, filters: dict) -> None:
+    """Chi-square of the first three tokens against the exact plain-sampling marginals."""
+    model, prompt = sampling_model
+    marginals = first_three_marginals(model, prompt, VOCAB, TEMPERATURE, **filters)
+    counts = _sample_counts(model, prompt, method, **filters)
+    stats = _statistics(counts, marginals)
+    assert all(statistic < critical for statistic, critical in stats), stats
+    if filters:
+        assert bool((counts[:, marginals[0] == 0] == 0).all())  # filtered-out tokens never appear
+        assert int((marginals[0] == 0).sum()) >= 8
+
+
+def test_broken_acceptance_rule_is_detected(sampling_model, monkeypatch) -> None:
+    """Accepting every draft makes tokens 2 and 3 follow the proposal q: the same test must fail."""
+    model, prompt = sampling_model
+    marginals = first_three_marginals(model, prompt, VOCAB, TEMPERATURE)
+
+    def always_accept(target_logits, drafts, draft_probs, sampling):
+        return len(drafts), sampling.draw(sampling.probs(target_logits)[len(drafts)])
+
+    monkeypatch.setattr(decoding, "accept", always_accept)
+    stats = _statistics(_sample_counts(model, prompt, "quadratic"), marginals)
+    assert stats[0][0] < stats[0][1]  # the first token never comes from a draft
+    assert stats[1][0] > 3 * stats[1][1] and stats[2][0] > 3 * stats[2][1], stats
+
+
+def test_sampling_is_seeded_and_top_k_respected(sampling_model) -> None:
+    model, prompt = sampling_model
+    runs = [generate(model, prompt, k=3, max_new_tokens=12, temperature=0.8, seed=s).token_ids for s in (1, 1, 2)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+    # top_k=1 is greedy whatever the temperature.
+    greedy = greedy_reference(model, prompt, 12)
+    assert generate(model, prompt, k=3, max_new_tokens=12, temperature=1.5, top_k=1, seed=3).token_ids == greedy
+
+
+# -- the embedded SmolLM2 ---------------------------------------------------------------------------
+SMOL_PROMPTS = ["What is 17 times 23? Explain step by step.",
+                "Write a Python function that reverses a string.",
+                "Give three tips for staying focused while studying."]
+
+
+def test_greedy_identity_smollm2() -> None:
+    """Real model, real prompts: the shipped checkpoint if present, else a fresh adapter (+ oracle drafts
+    so that accepted drafts and their KV cache are exercised on the real model either way)."""
+    from mtp import adapter
+    from mtp.api import default_checkpoint
+    from mtp.models import encode_prompt, load_model
+
+    loaded = load_model()  # a private copy: the adapter is injected into the model in place
+    shipped = default_checkpoint()
+    model = (adapter.load(shipped, loaded.model, loaded.identity) if shipped
+             else adapter.create(loaded.model, loaded.identity, k=8)).eval()
+    new = 20
+    for text in SMOL_PROMPTS:
+        prompt = encode_prompt(loaded.tokenizer, text)
+        reference = greedy_reference(model, prompt, new + 8)
+        runs = [("autoregressive", None, None, None), ("linear", 4, None, None), ("quadratic", 8, None, None),
+                ("quadratic", 3, 2, None), ("quadratic", 4, None, oracle(prompt + reference, correct=2,
+                                                                          vocab=loaded.identity.vocab_size))]
+        for method, k, groups, override in runs:
+            trace = generate(model, prompt, method=method, k=k, groups=groups, max_new_tokens=new,
+                             tokenizer=loaded.tokenizer, draft_override=override)
+            assert trace.token_ids == reference[:new], (text, method, k)
+            assert trace.text == loaded.tokenizer.decode(reference[:new], skip_special_tokens=True)
+            if override is not None:
+                assert set(trace.accept_counts[1:]) == {2} and trace.tokens_per_step > 2.5
