@@ -235,7 +235,8 @@ def test_speculative_sampling_matches_plain_distribution(sampling_model, method:
     stats = _statistics(counts, marginals)
     assert all(statistic < critical for statistic, critical in stats), stats
     if filters:
-        assert bool((counts[:, marginals[0] == 0] == 0).all())  # filtered-out tokens never appear
+        for position in range(3):  # tokens the filters exclude everywhere never appear
+            assert int(counts[position][marginals[position] == 0].sum()) == 0
         assert int((marginals[0] == 0).sum()) >= 8
 
 
@@ -292,4 +293,5 @@ def test_greedy_identity_smollm2() -> None:
             assert trace.token_ids == reference[:new], (text, method, k)
             assert trace.text == loaded.tokenizer.decode(reference[:new], skip_special_tokens=True)
             if override is not None:
-                assert set(trace.accept_counts[1:]) == {2} and trace.tokens_per_step > 2.5
+                # 2 drafts + bonus per pass after the prefill: 1 + 3 + 3 + ... tokens.
+                assert set(trace.accept_counts[1:]) == {2} and trace.forward_passes == 1 + -(-(new - 1) // 3)

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from ..__main__ import UsageError
 
@@ -58,12 +59,18 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.checkpoint is not None and not Path(args.checkpoint).is_dir():
+        raise UsageError(f"checkpoint directory {args.checkpoint} does not exist")
 
 
 def _read_prompts(args: argparse.Namespace) -> list[tuple[str, dict]]:
     """(prompt, passthrough fields) in input order."""
     if args.prompt is not None:
         return [(args.prompt, {})]
+    try:  # refuse a missing or unreadable file before the slow imports
+        Path(args.prompts_file).open("rb").close()
+    except OSError as error:
+        raise UsageError(f"cannot read prompts file {args.prompts_file}: {error.strerror or error}") from None
     from ..data import read_prompts
     try:
         records = read_prompts(args.prompts_file)

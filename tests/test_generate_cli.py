@@ -1,0 +1,137 @@
+"""`python -m mtp generate`: the issue-4 CLI contract and every bad-input case, through subprocesses.
+
+A tiny random Llama saved with SmolLM2's tokenizer (and an adapter checkpoint for it) keeps the runs
+fast; one run uses the default embedded model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from mtp import adapter
+from mtp.models import encode_prompt, load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+WINDOW = 96
+# One thread: tiny models gain nothing from more, and a busy machine makes extra threads spin.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+CONTRACT_FIELDS = {"text", "token_ids", "method", "k", "steps", "new_tokens", "tokens_per_step", "seconds",
+                   "tokens_per_second", "accept_counts", "draft_acceptance_rate", "per_offset_acceptance"}
+
+
+def mtp_generate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mtp", "generate", *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(model dir, checkpoint dir with k=4, the loaded model) for a tiny Llama with SmolLM2's tokenizer."""
+    root = tmp_path_factory.mktemp("cli")
+    tokenizer = load_model().tokenizer
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=WINDOW,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model_dir = root / "tiny-llama"
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    loaded = load_model(str(model_dir))
+    checkpoint = root / "ckpt"
+    adapter.create(loaded.model, loaded.identity, k=4, lora_rank=2).save(checkpoint)
+    return model_dir, checkpoint, loaded
+
+
+def _reference(loaded, prompt: str, max_new_tokens: int) -> list[int]:
+    ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt)])
+    out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                max_new_tokens=max_new_tokens, pad_token_id=loaded.tokenizer.pad_token_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def test_prompts_file_json_contract(tiny, tmp_path) -> None:
+    model_dir, checkpoint, loaded = tiny
+    prompts = [{"prompt": "Say hello.", "question_id": 7, "category": "chat"},
+               {"prompt": "Count to five.", "question_id": 8}]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    result = mtp_generate("--prompts-file", str(path), "--model", str(model_dir), "--checkpoint", str(checkpoint),
+                          "--method", "linear", "--k", "3", "--max-new-tokens", "9", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2  # exactly one JSON object per prompt, nothing else on stdout
+    records = [json.loads(line) for line in lines]
+    for prompt, record in zip(prompts, records):
+        assert CONTRACT_FIELDS <= set(record)
+        assert record["question_id"] == prompt["question_id"] and "prompt" not in record
+        assert record["method"] == "linear" and record["k"] == 3
+        reference = _reference(loaded, prompt["prompt"], 9)
+        assert record["token_ids"] == reference and record["new_tokens"] == len(reference)
+        assert record["text"] == loaded.tokenizer.decode(reference, skip_special_tokens=True)
+        assert record["steps"] == len(record["accept_counts"])
+        assert record["tokens_per_step"] == pytest.approx(record["new_tokens"] / record["steps"])
+        assert record["tokens_per_second"] == pytest.approx(record["new_tokens"] / record["seconds"])
+        assert len(record["per_offset_acceptance"]) == 3
+    assert records[0]["category"] == "chat"
+
+
+def test_prompt_streams_text_and_summary(tiny) -> None:
+    model_dir, checkpoint, loaded = tiny
+    result = mtp_generate("--prompt", "Name a colour.", "--model", str(model_dir), "--checkpoint", str(checkpoint),
+                          "--max-new-tokens", "12", "--temperature", "0.8", "--top-p", "0.9", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    summary = result.stderr.strip().splitlines()[-1]
+    assert summary.startswith("quadratic k=4: 12 tokens in ") and "τ" in summary
+    assert len(result.stdout.strip()) > 0 and result.stdout.endswith("\n")
+
+
+def test_default_embedded_model() -> None:
+    result = mtp_generate("--prompt", "What is 2+2?", "--max-new-tokens", "4", "--json", "--k", "2")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["method"] == "quadratic" and record["k"] == 2 and record["new_tokens"] == 4
+    assert record["groups"] == 3 and record["prompt_tokens"] > 10  # the chat template wrapped the prompt
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", "  "], "the prompt is empty"),
+    (["--prompt", "x", "--temperature", "-0.5"], "--temperature must be >= 0"),
+    (["--prompt", "x", "--method", "cubic"], "unknown method 'cubic'"),
+    (["--prompt", "x", "--k", "0"], "--k must be at least 1"),
+    (["--prompt", "x", "--checkpoint", "/no/such/checkpoint"], "checkpoint directory /no/such/checkpoint does not exist"),
+    (["--prompts-file", "/no/such/prompts.jsonl"], "cannot read prompts file"),
+    (["--prompt", "x", "--method", "linear", "--groups", "2"], "--groups applies to --method quadratic only"),
+])
+def test_bad_input_before_loading(args: list[str], message: str) -> None:
+    result = mtp_generate(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert result.stdout == "" and len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
+
+
+@pytest.mark.parametrize("case", ["k_too_large", "prompt_too_long", "no_prompts"])
+def test_bad_input_needing_the_model(tiny, tmp_path, case: str) -> None:
+    model_dir, checkpoint, _ = tiny
+    base = ["--model", str(model_dir), "--checkpoint", str(checkpoint)]
+    if case == "k_too_large":
+        result, message = mtp_generate("--prompt", "hi", "--k", "5", *base), "--k 5 exceeds the checkpoint's k=4"
+    elif case == "prompt_too_long":
+        result = mtp_generate("--prompt", "word " * 200, *base)
+        message = f"more than the model's context window of {WINDOW}"
+    else:
+        path = tmp_path / "bad.jsonl"
+        path.write_text('{"text": "no prompt field"}\nnot json\n')
+        result, message = mtp_generate("--prompts-file", str(path), *base), "holds no prompts"
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.stderr
+    assert result.stdout == ""
