@@ -10,6 +10,9 @@ turned into figures and tables by mtp.viz. GPU when one is present, else CPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import html
 import inspect
 import json
 import logging
@@ -185,35 +188,41 @@ def check_temperature(value) -> float:
     return temperature
 
 
+def ui_error(error: Exception) -> gr.Error:
+    """One clear message in the page for any failure; unexpected ones are logged in full."""
+    if isinstance(error, gr.Error):
+        return error
+    if isinstance(error, USER_ERRORS):
+        return gr.Error(str(error))
+    if isinstance(error, torch.OutOfMemoryError):
+        return gr.Error("out of memory: try a shorter prompt, fewer new tokens or a smaller k")
+    log.error("request failed", exc_info=error)
+    return gr.Error(f"internal error ({type(error).__name__}): {error}")
+
+
 def friendly(function):
-    """Bad input and engine refusals become one clear message in the page; the server keeps running."""
-    def wrapper(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except gr.Error:
-            raise
-        except USER_ERRORS as error:
-            raise gr.Error(str(error)) from error
-        except torch.OutOfMemoryError as error:
-            raise gr.Error("out of memory: try a shorter prompt, fewer new tokens or a smaller k") from error
-        except Exception as error:  # never let one request take the server down
-            log.exception("request failed")
-            raise gr.Error(f"internal error ({type(error).__name__}): {error}") from error
+    """Wrap an event handler (plain or generator) so no request can take the server down."""
+    if inspect.isgeneratorfunction(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            try:
+                yield from function(*args, **kwargs)
+            except Exception as error:
+                raise ui_error(error) from error
+    else:
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except Exception as error:
+                raise ui_error(error) from error
+    return wrapper
 
-    def generator_wrapper(*args, **kwargs):
-        try:
-            yield from function(*args, **kwargs)
-        except gr.Error:
-            raise
-        except USER_ERRORS as error:
-            raise gr.Error(str(error)) from error
-        except Exception as error:
-            log.exception("request failed")
-            raise gr.Error(f"internal error ({type(error).__name__}): {error}") from error
 
-    chosen = generator_wrapper if inspect.isgeneratorfunction(function) else wrapper
-    chosen.__name__, chosen.__doc__ = function.__name__, function.__doc__
-    return chosen
+def token_code(text: str) -> str:
+    """A token as inline code inside Markdown, whatever characters it holds (backticks, *, _)."""
+    safe = html.escape(viz.token_label(text)).replace("`", "&#96;").replace("*", "&#42;").replace("_", "&#95;")
+    return f"<code>{safe}</code>"
 
 
 def token_texts(tokenizer, ids) -> dict[int, str]:
@@ -274,12 +283,11 @@ class Demo:
         k = self.check_k(model, k)
         top_n = check_int(top_n, "top N", 1, MAX_TOP_N)
         result = future_probe(model, ids, k, top_n, tokenizer=tokenizer)
-        greedy = [result.text(t) for t in result.greedy_ids]
+        greedy = [token_code(result.text(t)) for t in result.greedy_ids]
         hits = {name: sum(r == 1 for r in view.greedy_rank) for name, view in result.views.items()}
         summary = (
-            f"Plain greedy decoding continues with **{viz._label(greedy[0])}** (the ordinary next token) and then "
-            + " ".join(f"`{viz._label(t)}`" for t in greedy[1:])
-            + f" at offsets +1…+{k}. Top-1 hits out of {k}: "
+            f"Plain greedy decoding continues with {greedy[0]} (the ordinary next token) and then "
+            + " ".join(greedy[1:]) + f" at offsets +1…+{k}. Top-1 hits out of {k}: "
             + ", ".join(f"{viz.VIEW_TITLES[n]}: **{h}**" for n, h in hits.items()) + "."
         )
         return viz.heatmap_figure(result), viz.probe_table(result), summary
@@ -298,7 +306,7 @@ class Demo:
         trace = generate(model, ids, method=method, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
                          seed=seed, eos_token_ids=eos_ids(tokenizer), tokenizer=tokenizer)
         texts = token_texts(tokenizer, [t for s in trace.steps for t in s.drafts + [s.bonus]])
-        state = {"trace": trace.to_dict(), "texts": {str(t): s for t, s in texts.items()}}
+        state = {"trace": dataclasses.asdict(trace), "texts": {str(t): s for t, s in texts.items()}}
         steps = len(trace.steps)
         return (viz.accept_reject_html(trace, texts), gr.update(maximum=max(steps, 1), value=steps),
                 viz.steps_table(trace, texts), viz.offset_acceptance_figure(trace), metrics_markdown(trace),
@@ -424,10 +432,10 @@ class Demo:
         now = (run.run_id, len(run.records), run.phase)
         status = self.status(model_name, checkpoint)
         if seen == list(now):
-            return status, gr.skip(), gr.skip(), gr.skip(), seen
+            return status, gr.skip(), gr.skip(), gr.skip(), gr.skip(), seen
         choices = self.checkpoints(model_name)
         return (status, run.describe(owner), viz.loss_figure(list(run.records)),
-                gr.update(choices=choices), list(now))
+                gr.update(choices=choices), gr.update(choices=choices), list(now))
 
 
 def eos_ids(tokenizer) -> list[int]:
@@ -548,8 +556,8 @@ EXPLAIN = {
     "heatmap": """**What you see.** Each row is a future offset: +1 is the token *after* the next one, +k the
 token k steps after it. Cells are the model's top candidates, coloured by probability; the orange box marks
 the token plain greedy decoding really writes there, and the row label gives its rank in the full
-distribution. **Left:** the untouched base model with k neutral placeholder tokens appended (gate off) —
-it already ranks the future token surprisingly high: the paper's *LLM knows the future* probe.
+distribution. **Left:** the untouched base model with k placeholder tokens `-` appended (gate off) — it
+often ranks the future token surprisingly high already: the paper's *LLM knows the future* probe.
 **Middle:** the learned mask tokens read out through the same `lm_head`. **Right:** the sampler head,
 which chains the guesses (each conditioned on the one before) so they form a coherent sequence.""",
     "accept": """**What you see.** Each forward pass verifies the previous pass's drafts against the model's own
@@ -674,7 +682,7 @@ def build(demo_state: Demo, default_model: str, default_checkpoint: str) -> gr.B
         train_button.click(demo_state.train_start, [model_name, train_k, train_steps, train_set, train_prompts,
                                                     train_from], [train_status], api_name="train")
         stop_button.click(demo_state.train_stop, None, [train_status], api_name="train_stop")
-        timer.tick(demo_state.tick, [*settings, seen], [status, train_status, train_plot, checkpoint, seen],
+        timer.tick(demo_state.tick, [*settings, seen], [status, train_status, train_plot, checkpoint, train_from, seen],
                    concurrency_limit=None, show_progress="hidden", api_name=False)
     return page
 

@@ -15,6 +15,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from .adapter import MTPModel
 
 VIEWS = ("base_probe", "mask_path", "sampler_chain")
+PLACEHOLDER_TEXT = "-"
 VIEW_TITLES = {
     "base_probe": "Base model, placeholders (gate off)",
     "mask_path": "Trained masks (lm_head)",
@@ -55,6 +56,16 @@ class LosslessResult:
     max_delta_gate_on: float  # gate forced open everywhere vs the same-shape plain run
     argmax_same: bool  # masks appended: next-token argmax equals the base model's at every real position
     argmax_same_gate_on: bool  # the same with the gate forced open
+
+
+def default_placeholder(tokenizer: PreTrainedTokenizerBase | None) -> int:
+    """The paper's probe placeholder "-" (its Figure 1) when it is one token; else unk / pad; else id 0."""
+    if tokenizer is None:
+        return 0
+    ids = tokenizer.encode(PLACEHOLDER_TEXT, add_special_tokens=False)
+    if len(ids) == 1:
+        return ids[0]
+    return next((t for t in (tokenizer.unk_token_id, tokenizer.pad_token_id) if t is not None), 0)
 
 
 def _check_prompt(model: MTPModel, prompt_ids: list[int], k: int) -> torch.Tensor:
@@ -100,8 +111,8 @@ def future_probe(model: MTPModel, prompt_ids: list[int], k: int, top_n: int = 5,
                  tokenizer: PreTrainedTokenizerBase | None = None, placeholder_id: int | None = None) -> ProbeResult:
     """Top-N guesses for offsets +1..+k in three views, and where plain greedy's token ranks in each.
 
-    - base_probe: the paper's probe. The prompt plus k copies of a neutral placeholder token, plain
-      causal attention, gate closed: this is the untouched base model guessing the future.
+    - base_probe: the paper's probe. The prompt plus k copies of a neutral placeholder token ("-" by
+      default), plain causal attention, gate closed: the untouched base model guessing the future.
     - mask_path: the prompt plus the k learned masks (gate open at the masks), lm_head at the masks.
     - sampler_chain: the sampler head over the same mask states, chained greedily from the next token.
     """
@@ -109,8 +120,7 @@ def future_probe(model: MTPModel, prompt_ids: list[int], k: int, top_n: int = 5,
     if not 1 <= top_n <= model.base.config.vocab_size:
         raise ValueError(f"top_n must be between 1 and the vocabulary size, got {top_n}")
     if placeholder_id is None:
-        placeholder_id = next((t for t in (getattr(tokenizer, "unk_token_id", None),
-                                           getattr(tokenizer, "pad_token_id", None)) if t is not None), 0)
+        placeholder_id = default_placeholder(tokenizer)
     n = ids.shape[1]
     device = ids.device
     greedy = _greedy(model, ids, k + 1)

@@ -256,6 +256,9 @@ def full_forward(model: adapter.MTPModel, seqs: list[Sequence], anchors: list[li
     return loss, stats
 
 
+FORWARDS = {"prefix_cache": prefix_cache_forward, "full": full_forward}
+
+
 class TrainStep(nn.Module):
     """Wraps the MTP model so that one forward = one micro-batch's losses (what DDP wraps)."""
 
@@ -266,8 +269,7 @@ class TrainStep(nn.Module):
         self.weights = weights
 
     def forward(self, seqs: list[Sequence], anchors: list[list[int]]):
-        step = prefix_cache_forward if self.layout == "prefix_cache" else full_forward
-        return step(self.model, seqs, anchors, self.weights)
+        return FORWARDS[self.layout](self.model, seqs, anchors, self.weights)
 
 
 # -- schedule, logging, checkpoints ----------------------------------------------------------------
@@ -411,10 +413,17 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None,
                    if theirs.get(n) != getattr(config, n)]
         if changed:
             raise TrainError(f"cannot resume {out}: the config changed the adapter ({'; '.join(changed)})")
+        differs = [n for n, v in asdict(config).items() if n not in MODEL_FIELDS + ("steps", "save_every")
+                   and theirs.get(n) != v]
+        if differs:
+            log.warning("resuming with changed settings %s: not an exact continuation",
+                        {n: (theirs.get(n), getattr(config, n)) for n in differs})
     elif out.exists() and any((out / name).exists() for name in (STATE_DIR, adapter.CONFIG_FILE, LOG_FILE)):
         raise TrainError(f"{out} already holds a training run: pass --resume to continue it, "
                          f"or choose another out (use --init-from {out} to start from its weights)")
     sequences = load_sequences(config.data, config.max_seq_len)
+    # Read once: a data file that grows meanwhile (distill still running) is picked up on --resume.
+    log.info("%d training sequences from %s", len(sequences), config.data)
     if config.threads:
         torch.set_num_threads(config.threads)
     mixed = config.mixed_precision
@@ -534,3 +543,39 @@ def _log_record(accelerator, collected: dict[str, list[torch.Tensor]], k: int, s
     record["mask_tokens_per_s"] = round(float(per_offset[0].sum()) / seconds, 1)
     record["stop"] = float(sums[2])
     return record
+
+
+def benchmark(config: TrainConfig, steps: int, layouts: tuple[str, ...] = ("full", "prefix_cache"),
+              loaded: LoadedModel | None = None) -> list[dict]:
+    """Training throughput per layout on the same sequences and anchors (one untimed warm-up step).
+
+    Each step is forward + backward + AdamW step on one micro-batch; nothing is written.
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    sequences = load_sequences(config.data, config.max_seq_len)
+    loaded = loaded or load_model(config.model)
+    model = _build_model(config, loaded, None, None)
+    model.train()
+    picks = [[(sequences[index % len(sequences)], sample_anchors(sequences[index % len(sequences)],
+                                                                  config.anchors_per_seq, config.seed, index))
+              for index in range(step * config.batch_size, (step + 1) * config.batch_size)]
+             for step in range(steps + 1)]
+    results = []
+    for layout in layouts:
+        optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr)
+        seconds, masks, tokens = 0.0, 0, 0.0
+        for step, batch in enumerate(picks):
+            began = time.perf_counter()
+            loss, stats = FORWARDS[layout](model, [b[0] for b in batch], [b[1] for b in batch], config.loss_weights)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step:  # the first step warms up allocator and kernels
+                seconds += time.perf_counter() - began
+                masks += len(stats["offsets"])
+                tokens += float(stats["real_tokens"] + stats["mask_tokens"])
+        results.append({"layout": layout, "steps": steps, "seconds_per_step": round(seconds / steps, 2),
+                        "supervised_masks_per_step": masks / steps, "mask_tokens_per_s": round(masks / seconds, 1),
+                        "tokens_per_s": round(tokens / seconds, 1)})
+    return results

@@ -41,7 +41,7 @@ def _show(text: str) -> str:
     return html.escape(text).replace("\n", "↵<br>").replace("\t", "⇥")
 
 
-def _label(text: str) -> str:
+def token_label(text: str) -> str:
     """Token text as a one-line label: spaces, newlines and tabs made visible."""
     return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or "∅"
 
@@ -59,9 +59,9 @@ def heatmap_figure(probe: ProbeResult) -> go.Figure:
     for col, name in enumerate(names, start=1):
         view = probe.views[name]
         rows = [f"+{i + 1} · rank {view.greedy_rank[i]}" for i in range(probe.k)]
-        cells = [[_label(probe.text(t)) for t in row] for row in view.top_ids]
+        cells = [[token_label(probe.text(t)) for t in row] for row in view.top_ids]
         hover = [[f"offset +{i + 1}<br>{html.escape(cells[i][j])}: p={view.top_probs[i][j]:.3f}"
-                  f"<br>greedy token {html.escape(_label(probe.text(probe.greedy_ids[i + 1])))} has rank "
+                  f"<br>greedy token {html.escape(token_label(probe.text(probe.greedy_ids[i + 1])))} has rank "
                   f"{view.greedy_rank[i]} (p={view.greedy_prob[i]:.3f})" for j in range(probe.top_n)]
                  for i in range(probe.k)]
         fig.add_trace(go.Heatmap(
@@ -85,7 +85,7 @@ def heatmap_figure(probe: ProbeResult) -> go.Figure:
 def probe_table(probe: ProbeResult) -> pd.DataFrame:
     """Per offset: the greedy token and its rank / probability in each view."""
     data = {"offset": [f"+{i + 1}" for i in range(probe.k)],
-            "greedy token": [_label(probe.text(t)) for t in probe.greedy_ids[1:]]}
+            "greedy token": [token_label(probe.text(t)) for t in probe.greedy_ids[1:]]}
     for name, view in probe.views.items():
         data[f"{name} rank"] = view.greedy_rank
         data[f"{name} p"] = [float(f"{p:.3g}") for p in view.greedy_prob]
@@ -150,7 +150,7 @@ def steps_table(trace: Trace, tokenizer=None) -> pd.DataFrame:
     decode = token_decoder(tokenizer)
 
     def join(ids: Sequence[int]) -> str:
-        return " | ".join(_label(decode(t)) for t in ids)
+        return " | ".join(token_label(decode(t)) for t in ids)
 
     return pd.DataFrame({
         "step": list(range(1, len(trace.steps) + 1)),
@@ -158,7 +158,7 @@ def steps_table(trace: Trace, tokenizer=None) -> pd.DataFrame:
         "accepted": [s.accepted for s in trace.steps],
         "of": [len(s.drafts) for s in trace.steps],
         "rejected": [join(s.rejected) for s in trace.steps],
-        "bonus": [_label(decode(s.bonus)) for s in trace.steps],
+        "bonus": [token_label(decode(s.bonus)) for s in trace.steps],
         "new tokens": [len([k for k, _ in step_tokens(s) if k != "rejected"]) for s in trace.steps],
         "input length": [s.input_length for s in trace.steps],
         "ms": [round(s.seconds * 1000, 1) for s in trace.steps],

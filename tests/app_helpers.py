@@ -50,7 +50,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_app(port: int, args: list[str] = (), timeout: float = 240.0) -> subprocess.Popen:
+def start_app(port: int, args: list[str] = (), timeout: float = 900.0) -> subprocess.Popen:
     """`python app.py` on a free port with the real embedded model; waits until the page answers."""
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / f"app-{port}.log", "w")

@@ -41,7 +41,7 @@ def comparable(api: str, result: tuple):
     """What must not depend on other requests: tokens, accept counts, HTML, ranks, deltas (not timings)."""
     if api == "/generate":
         trace = json.loads(result[5])["trace"]
-        return result[0], trace["token_ids"], trace["accept_counts"], [s["drafts"] for s in trace["steps"]]
+        return result[0], trace["token_ids"], [(s["drafts"], s["accepted"], s["bonus"]) for s in trace["steps"]]
     if api == "/probe":
         return result[1]["data"], result[2]
     return result[0]["data"], result[1]
@@ -62,7 +62,7 @@ def test_bad_input_is_refused_and_server_survives(client):
     bad = [
         ("/generate", ("", EMBEDDED_NAME, CHECKPOINT, "quadratic", 4, 0, 16, 0), "Type a prompt"),
         ("/generate", ("x" * 5000, EMBEDDED_NAME, CHECKPOINT, "quadratic", 4, 0, 16, 0), "4000"),
-        ("/generate", ("hi", EMBEDDED_NAME, CHECKPOINT, "sideways", 4, 0, 16, 0), "method"),
+        ("/generate", ("hi", EMBEDDED_NAME, CHECKPOINT, "sideways", 4, 0, 16, 0), "list of choices"),
         ("/generate", ("hi", EMBEDDED_NAME, CHECKPOINT, "quadratic", 4, 0, 10_000, 0), "maximum|max new tokens"),
         ("/probe", ("hi", EMBEDDED_NAME, "no/such/checkpoint", 4, 5), "checkpoint"),
         ("/lossless", ("hi", "org/unknown-model", CHECKPOINT, 4), "model"),

@@ -19,7 +19,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 PROMPT = "Write a Python function that returns the factorial of n."
 K = 4
 MAX_NEW = 24
-LONG = 600_000  # ms: generation on a busy 2-core CPU
+LONG = 900_000  # ms: generous, for a busy 2-core CPU
 
 
 @pytest.fixture(scope="module")
@@ -67,25 +67,34 @@ def wait_text(page: Page, selector: str, pattern: str, timeout: int = LONG) -> s
 
 
 def table_rows(page: Page, selector: str) -> list[list[str]]:
-    rows = page.locator(f"{selector} tbody tr")
-    return [[c.strip() for c in rows.nth(i).locator("td").all_inner_texts()] for i in range(rows.count())]
+    """Cells of a gr.Dataframe (a virtual grid: only rows in view are rendered, so keep tables short)."""
+    page.locator(selector).scroll_into_view_if_needed()
+    rows = page.locator(f"{selector} [role=row].virtual-row")
+    return [[c.strip() for c in rows.nth(i).locator("[role=gridcell]").all_inner_texts()] for i in range(rows.count())]
+
+
+def table_size(page: Page, selector: str) -> int:
+    """Number of data rows of a gr.Dataframe, rendered or not."""
+    return int(page.get_attribute(f"{selector} [role=grid]", "aria-rowcount")) - 1
 
 
 def test_future_heatmap(page: Page):
     open_tab(page, "Future heatmap")
     page.click("#probe-run")
     wait_text(page, "#probe-summary", "Plain greedy decoding continues with")
-    page.wait_for_selector("#probe-plot .js-plotly-plot .heatmaplayer")
-    labels = page.locator("#probe-plot .yaxislayer-above .ytick text").all_text_contents()
-    assert len(labels) == 3 * K  # three views, one row per offset
-    for view in range(3):
-        rows = labels[view * K:(view + 1) * K]
-        assert [re.match(r"\+(\d+) · rank (\d+)$", r).group(1) for r in rows] == [str(i) for i in range(1, K + 1)]
-    assert page.locator("#probe-plot .heatmaplayer").count() == 3
+    page.wait_for_selector("#probe-plot g.hm", state="attached")
+    views = []  # per subplot (y, y2, y3 axes): its row labels, top row first
+    for axis in ("y", "y2", "y3"):
+        labels = page.locator(f"#probe-plot g.{axis}tick text").all_text_contents()
+        views.append(sorted(labels, key=lambda label: int(re.match(r"\+(\d+) ", label).group(1))))
+    for labels in views:  # k rows each
+        assert [re.match(r"\+(\d+) · rank \d+$", r).group(1) for r in labels] == [str(i) for i in range(1, K + 1)]
+    assert page.locator("#probe-plot g.hm").count() == 3
     table = table_rows(page, "#probe-table")
     assert [row[0] for row in table] == [f"+{i}" for i in range(1, K + 1)]
-    # The ranks in the figure's row labels are the table's ranks (base probe: column 3).
-    assert [re.search(r"rank (\d+)", r).group(1) for r in labels[:K]] == [row[2] for row in table]
+    # The ranks in the row labels are the table's ranks (columns 3, 5, 7: base probe, masks, sampler).
+    for labels, column in zip(views, (2, 4, 6)):
+        assert [re.search(r"rank (\d+)", r).group(1) for r in labels] == [row[column] for row in table]
     shot(page, "heatmap")
 
 
@@ -97,14 +106,17 @@ def test_accepted_vs_rejected(page: Page):
     assert tokens == MAX_NEW and 1 <= steps <= MAX_NEW
     output = page.locator("#gen-html .mtp-output")
     accepted, rejected, bonus = (output.locator(f".mtp-{kind}") for kind in ("accepted", "rejected", "bonus"))
-    assert accepted.count() >= 1 and rejected.count() >= 1 and bonus.count() == steps
+    assert accepted.count() >= 1 and rejected.count() >= 1
+    assert steps - 1 <= bonus.count() <= steps  # a bonus per pass; the last one may be cut by max new tokens
     assert accepted.count() + bonus.count() == MAX_NEW
     style = lambda loc, prop: loc.first.evaluate(f"e => getComputedStyle(e).{prop}")  # noqa: E731
     assert style(accepted, "color") == "rgb(27, 122, 54)" and style(bonus, "color") == "rgb(31, 95, 191)"
     assert style(rejected, "color") == "rgb(192, 57, 43)" and "line-through" in style(rejected, "textDecorationLine")
     assert page.locator("#gen-html .mtp-legend .mtp-tok").count() == 3
-    assert len(table_rows(page, "#gen-table")) == steps
-    page.wait_for_selector("#gen-chart .js-plotly-plot .bars")
+    assert table_size(page, "#gen-table") == steps
+    first = table_rows(page, "#gen-table")[0]  # the prefill: no drafts, one new token
+    assert first[0] == "1" and first[2:4] == ["0", "0"] and first[6] == "1"
+    page.wait_for_selector("#gen-chart g.bars", state="attached")
     assert re.search(rf"\*?{MAX_NEW} tokens · {steps} forward passes", page.inner_text("#gen-metrics"))
     shot(page, "accepted")
     set_number(page, "#gen-step", 1)  # replay: only the first pass (the prefill: one bonus token)
@@ -146,12 +158,12 @@ def test_train_and_use_checkpoint(page: Page):
     page.click("#train-run")
     status = wait_text(page, "#train-status", "finished|failed|stopped")
     assert "finished after 2 steps" in status, status
-    page.wait_for_selector("#train-plot .js-plotly-plot .scatterlayer .trace")
+    page.wait_for_selector("#train-plot .scatterlayer .trace", state="attached")
     names = page.locator("#train-plot .legendtext").all_text_contents()
     assert {"loss", "loss_base", "loss_sampler", "loss_lcm"} <= set(names)
     shot(page, "train")
     # The new checkpoint appears in Settings; use it in the lossless tab.
-    new = re.search(r"checkpoint `([^`]+)`", status).group(1)
+    new = re.search(r"checkpoint (\S+) — pick it", status).group(1)
     page.click("#checkpoint input")
     page.get_by_role("option", name=new).click()
     wait_text(page, "#model-status", rf"Ready: .*{re.escape(new.split('/')[-1])}.*\(k = 2\)")

@@ -69,14 +69,20 @@ def test_future_probe_views(tiny_family):
 def test_future_probe_token_texts_and_placeholder_default():
     class Tok:
         unk_token_id, pad_token_id = None, 11
+        vocab = {"-": [42], "a-": [7, 42]}
 
         def decode(self, ids):
             return f"t{ids[0]}"
 
+        def encode(self, text, add_special_tokens=True):
+            return self.vocab.get(text, [1, 2])
+
     model = mtp_model("llama", 3)
     result = future_probe(model, PROMPT, 2, 3, tokenizer=Tok())
-    assert result.placeholder_id == 11 and result.k == 2
+    assert result.placeholder_id == 42 and result.k == 2  # the paper's "-"
     assert all(result.text(t) == f"t{t}" for t in result.greedy_ids)
+    Tok.vocab = {}  # "-" is not a single token here: fall back to pad
+    assert future_probe(model, PROMPT, 2, 3, tokenizer=Tok()).placeholder_id == 11
 
 
 def test_lossless_check_numbers(tiny_family):

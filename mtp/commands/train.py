@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                         help="override a config key (value parsed as YAML), e.g. --set steps=50 --set out=runs/x")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--benchmark-steps", type=int, metavar="N",
+                        help="instead of training: time N steps of each layout (full, prefix_cache) on the "
+                             "same data and print supervised mask tokens/s; writes nothing")
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -44,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         config = TrainConfig.from_yaml(args.config, parse_overrides(args.set))
     except TrainError as error:
         raise UsageError(str(error)) from error
+    if args.benchmark_steps is not None:
+        return run_benchmark(config, args.benchmark_steps)
     stop_requested = []
 
     def request_stop(signum, frame):
@@ -60,4 +65,21 @@ def run(args: argparse.Namespace) -> int:
     except TrainError as error:
         raise UsageError(str(error)) from error
     print(f"checkpoint: {out}")
+    return 0
+
+
+def run_benchmark(config, steps: int) -> int:
+    from mtp.train import TrainError, benchmark
+
+    if steps < 1:
+        raise UsageError(f"--benchmark-steps must be at least 1, got {steps}")
+    try:
+        results = benchmark(config, steps)
+    except TrainError as error:
+        raise UsageError(str(error)) from error
+    print(f"| layout | s/step | supervised masks/step | supervised mask tokens/s | tokens/s (real + mask) |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['layout']} | {r['seconds_per_step']} | {r['supervised_masks_per_step']:.0f} | "
+              f"{r['mask_tokens_per_s']} | {r['tokens_per_s']} |")
     return 0

@@ -1,0 +1,71 @@
+"""python -m mtp distill: malformed lines reported as file:line and skipped; resumable; deterministic."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from mtp.__main__ import main as cli
+from tests.train_helpers import tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny", vocab_size=49152)
+
+
+def prompt_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    lines = [json.dumps({"prompt": "Add 2 and 3."}),
+             "{not json",
+             json.dumps({"answer": "no prompt field here"}),
+             json.dumps({"question": "What is the capital of France?", "domain": "knowledge"}),
+             json.dumps({"instruction": "Write a haiku.", "input": "about rain"}),
+             json.dumps({"prompt": "Name three colours."})]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def distill(model_dir, prompts, out, *extra):
+    return cli(["distill", "--prompts", str(prompts), "--out", str(out), "--model", str(model_dir),
+                "--max-new-tokens", "6", "--batch-size", "1", *extra])
+
+
+def test_malformed_lines_are_reported_and_skipped(tmp_path, model_dir, caplog):
+    out = tmp_path / "out.jsonl"
+    with caplog.at_level(logging.WARNING, logger="mtp.data"):
+        assert distill(model_dir, prompt_file(tmp_path), out) == 0
+    assert "prompts.jsonl:2: skipped, not valid JSON" in caplog.text
+    assert "prompts.jsonl:3: skipped, no prompt" in caplog.text
+    samples = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(s["source"] for s in samples) == ["prompts.jsonl:1", "prompts.jsonl:4", "prompts.jsonl:5", "prompts.jsonl:6"]
+    assert {s["domain"] for s in samples} == {"general", "knowledge"}
+    assert all(1 <= len(s["response_ids"]) <= 6 and s["prompt_ids"] for s in samples)
+
+
+def test_resumable_after_a_kill_and_deterministic(tmp_path, model_dir):
+    prompts = prompt_file(tmp_path)
+    whole = tmp_path / "whole.jsonl"
+    assert distill(model_dir, prompts, whole) == 0
+    again = tmp_path / "again.jsonl"
+    assert distill(model_dir, prompts, again) == 0
+    assert again.read_text() == whole.read_text()  # deterministic: same selection, order and responses
+    # A killed run: two finished lines and a torn third one.
+    lines = whole.read_text().splitlines(keepends=True)
+    killed = tmp_path / "killed.jsonl"
+    killed.write_text("".join(lines[:2]) + lines[2][:25])
+    assert distill(model_dir, prompts, killed) == 0
+    assert killed.read_text() == whole.read_text()
+    # Everything done: a re-run adds nothing.
+    assert distill(model_dir, prompts, killed) == 0
+    assert killed.read_text() == whole.read_text()
+
+
+def test_bad_arguments(tmp_path, model_dir, capsys):
+    assert distill(model_dir, tmp_path / "missing.jsonl", tmp_path / "o.jsonl") == 2
+    assert "prompt file(s) not found" in capsys.readouterr().err
+    assert distill(model_dir, prompt_file(tmp_path), tmp_path / "o.jsonl", "--per-domain", "math:3") == 2
+    assert "--per-domain expects DOMAIN=N" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
