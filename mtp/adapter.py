@@ -30,8 +30,24 @@ WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "mtp_config.json"
 ADAPTER_NAME = "mtp"
 
-# (batch, seq) bool: True where the LoRA update applies (mask positions). None: gate closed.
-_GATE: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("mtp_gate", default=None)
+@dataclass(frozen=True)
+class Gate:
+    """Where one forward call opens the LoRA update, computed once per call (not once per layer:
+    210 adapted layers on SmolLM2 made per-layer gate bookkeeping cost more than the LoRA itself)."""
+    rows: torch.Tensor | None  # flat (batch * seq) indices of open positions; None = open everywhere
+
+    @staticmethod
+    def of(open_positions: torch.Tensor) -> "Gate | None":
+        """(batch, seq) bool -> the gate, or None when it is closed everywhere."""
+        if not bool(open_positions.any()):
+            return None
+        if bool(open_positions.all()):
+            return Gate(rows=None)
+        return Gate(rows=open_positions.reshape(-1).nonzero().squeeze(1))
+
+
+# The gate of the forward call running in this thread / asyncio task. None: closed everywhere.
+_GATE: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("mtp_gate", default=None)
 
 
 class GatedLoraLinear(LoraLinear):
@@ -40,18 +56,20 @@ class GatedLoraLinear(LoraLinear):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
         gate = _GATE.get()
-        if gate is None or self.disable_adapters or self.merged or not bool(gate.any()):
+        if gate is None or self.disable_adapters or self.merged:
             return result
-        everywhere = bool(gate.all())  # e.g. a training pass over mask blocks only: no gather/scatter
-        rows = x if everywhere else x[gate]  # (n_open, in): LoRA cost only where it is used
+        # LoRA cost only where it is used: gather the open rows (all rows in a mask-only training pass).
+        rows = x if gate.rows is None else x.reshape(-1, x.shape[-1]).index_select(0, gate.rows)
         for name in self.active_adapters:
             if name not in self.lora_A:
                 continue
             lora_a, lora_b = self.lora_A[name], self.lora_B[name]
-            delta = lora_b(lora_a(self.lora_dropout[name](rows.to(lora_a.weight.dtype)))) * self.scaling[name]
-            delta = delta.to(result.dtype)
-            # Closed-gate rows are never written: real-token outputs stay bit-identical to the base model.
-            result = result + delta if everywhere else result.index_put((gate,), delta, accumulate=True)
+            delta = (lora_b(lora_a(self.lora_dropout[name](rows.to(lora_a.weight.dtype)))) * self.scaling[name]).to(result.dtype)
+            if gate.rows is None:
+                result = result + delta
+            else:
+                # Closed-gate rows are never written: real-token outputs stay bit-identical to the base model.
+                result = result.reshape(-1, result.shape[-1]).index_add(0, gate.rows, delta).view_as(result)
         return result
 
 
@@ -174,11 +192,9 @@ class MTPModel(nn.Module):
         logits_for: indices along seq whose lm_head logits to return (vocab logits are costly).
         gate: None opens it exactly at mask positions; True/False force it (the lossless demo).
         """
-        gate_tensor = input_ids < 0
-        if gate is not None:
-            gate_tensor = torch.full_like(gate_tensor, gate)
+        open_positions = input_ids < 0 if gate is None else torch.full_like(input_ids, gate, dtype=torch.bool)
         bias = None if attention_mask is None else attention_bias(attention_mask, self.mask_embeddings.dtype)
-        token = _GATE.set(gate_tensor)
+        token = _GATE.set(Gate.of(open_positions))
         try:
             out = self.base.model(
                 inputs_embeds=self.embed(input_ids), position_ids=position_ids, attention_mask=bias,
@@ -193,12 +209,22 @@ class MTPModel(nn.Module):
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.base.get_output_embeddings()(hidden)
 
-    def sampler_logits(self, mask_hidden: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor:
-        """Sampler logits for mask hidden states given the token chosen just before each."""
-        if self.sampler is None:
-            return self.lm_logits(mask_hidden)
-        prev = self.base.get_input_embeddings()(prev_ids).to(mask_hidden.dtype)
-        return self.lm_logits(self.sampler(mask_hidden, prev))
+    def sampler_logits(self, mask_hidden: torch.Tensor, prev_ids: torch.Tensor,
+                       candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """Sampler logits (n, V) for mask hidden states (n, d) given the token chosen just before each.
+
+        candidates (n, C): score only these token ids, (n, C) logits. A full-vocabulary row costs a
+        read of the whole lm_head (~10 ms on 2 CPU cores); drafting reads it once for all k masks.
+        """
+        head = mask_hidden
+        if self.sampler is not None:
+            prev = self.base.get_input_embeddings()(prev_ids).to(mask_hidden.dtype)
+            head = self.sampler(mask_hidden, prev)
+        if candidates is None:
+            return self.lm_logits(head)
+        lm_head = self.base.get_output_embeddings()
+        logits = torch.einsum("nd,ncd->nc", head, lm_head.weight[candidates].to(head.dtype))
+        return logits if lm_head.bias is None else logits + lm_head.bias[candidates]
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
