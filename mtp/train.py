@@ -429,7 +429,9 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None,
     mixed = config.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() else "no"
-    accelerator = Accelerator(mixed_precision=mixed)
+    # cpu=True on a machine without an accelerator: a multi-process launch then runs as MULTI_CPU
+    # (gloo) instead of each process silently training alone as process 0.
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.accelerator.is_available())
     if loaded is None:
         loaded = load_model(config.model)
     model = _build_model(config, loaded, init_from, resume_weights)

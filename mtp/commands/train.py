@@ -6,6 +6,8 @@ Ctrl-C or SIGTERM ends the run after the current step, with a checkpoint.
 
 from __future__ import annotations
 
+import os
+
 import argparse
 import signal
 
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
                     init_from=args.init_from, progress=not args.no_progress)
     except TrainError as error:
         raise UsageError(str(error)) from error
-    print(f"checkpoint: {out}")
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per process of a distributed launch
+        print(f"checkpoint: {out}")
     return 0
 
 
