@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from mtp import adapter, viz  # noqa: E402
 from mtp.adapter import MTPModel  # noqa: E402
-from mtp.api import default_checkpoint, load_mtp  # noqa: E402
+from mtp.api import decoding_settings, default_checkpoint, load_mtp  # noqa: E402
 from mtp.config import CheckpointError, MTPConfig  # noqa: E402
 from mtp.data import BUNDLED_TRAIN, distill  # noqa: E402
 from mtp.decoding import METHODS, generate  # noqa: E402
@@ -247,6 +247,11 @@ class Demo:
             raise gr.Error(f"unknown checkpoint {checkpoint!r} for {model_name}")
         return self.store.get(model_name, checkpoint)
 
+    def settings(self, model: MTPModel, checkpoint: str, method: str | None = None,
+                 k: int | None = None) -> tuple[str, int, int | None, str]:
+        """(method, k, groups, source) from the same resolver as `mtp generate` (measured defaults first)."""
+        return decoding_settings(model, None if checkpoint == FRESH else resolve_checkpoint(checkpoint), method, k)
+
     def status(self, model_name: str, checkpoint: str) -> str:
         key = (model_name, checkpoint)
         where = f"`{model_name}` + `{checkpoint}` on **{self.store.device}**"
@@ -262,10 +267,10 @@ class Demo:
 
     # Settings
     @friendly
-    def select(self, model_name: str, checkpoint: str, k):
+    def select(self, model_name: str, checkpoint: str):
         model, _ = self.model(model_name, checkpoint)
-        value = min(int(k or model.k), model.k)
-        return gr.update(maximum=model.k, value=value), self.status(model_name, checkpoint)
+        method, k, _, _ = self.settings(model, checkpoint)
+        return gr.update(maximum=model.k, value=k), method, self.status(model_name, checkpoint)
 
     @friendly
     def choose_model(self, model_name: str):
@@ -303,8 +308,9 @@ class Demo:
         max_new_tokens = check_int(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS)
         temperature = check_temperature(temperature)
         seed = check_int(seed, "seed", 0, 2**31 - 1)
+        _, _, groups, _ = self.settings(model, checkpoint, method, k)
         trace = generate(model, ids, method=method, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
-                         seed=seed, eos_token_ids=eos_ids(tokenizer), tokenizer=tokenizer)
+                         seed=seed, eos_token_ids=eos_ids(tokenizer), tokenizer=tokenizer, groups=groups)
         texts = token_texts(tokenizer, [t for s in trace.steps for t in s.drafts + [s.bonus]])
         state = {"trace": dataclasses.asdict(trace), "texts": {str(t): s for t, s in texts.items()}}
         steps = len(trace.steps)
@@ -340,12 +346,13 @@ class Demo:
 
         for method in METHODS:
             events: queue.Queue = queue.Queue()
+            _, _, groups, _ = self.settings(model, checkpoint, method, k)
             started = time.perf_counter()
 
-            def work(method=method, events=events):
+            def work(method=method, events=events, groups=groups):
                 try:
                     events.put(("done", generate(
-                        model, ids, method=method, k=k, max_new_tokens=max_new_tokens, eos_token_ids=eos,
+                        model, ids, method=method, k=k, groups=groups, max_new_tokens=max_new_tokens, eos_token_ids=eos,
                         tokenizer=tokenizer, on_chunk=lambda chunk: events.put(("chunk", time.perf_counter(), chunk)))))
                 except Exception as error:  # handed to the UI thread below
                     events.put(("error", error))
@@ -666,8 +673,8 @@ def build(demo_state: Demo, default_model: str, default_checkpoint: str) -> gr.B
 
         settings = [model_name, checkpoint]
         model_name.change(demo_state.choose_model, [model_name], [checkpoint])
-        checkpoint.change(demo_state.select, [model_name, checkpoint, k], [k, status])
-        page.load(demo_state.select, [model_name, checkpoint, k], [k, status])
+        checkpoint.change(demo_state.select, [model_name, checkpoint], [k, method, status])
+        page.load(demo_state.select, [model_name, checkpoint], [k, method, status])
         probe_button.click(demo_state.probe, [prompt, *settings, k, top_n], [probe_plot, probe_table, probe_summary],
                            api_name="probe")
         gen_button.click(demo_state.generate, [prompt, *settings, method, k, temperature, max_new, seed],

@@ -1,11 +1,13 @@
-"""Python API: load a base model with an MTP checkpoint in one call.
+"""Python API: load a base model with an MTP checkpoint in one call, and pick its decoding settings.
 
-    from mtp.api import load_mtp
+    from mtp.api import chosen_checkpoint, decoding_settings, load_mtp
     mtp_model, tokenizer = load_mtp()            # embedded model + shipped checkpoint
+    method, k, groups, source = decoding_settings(mtp_model, chosen_checkpoint(None, None))
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -13,16 +15,26 @@ from transformers import PreTrainedTokenizerBase
 
 from . import adapter
 from .adapter import MTPModel
-from .config import CheckpointError
+from .config import CheckpointError, read_decoding_defaults
 from .models import load_model
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 DEFAULT_CHECKPOINT = CHECKPOINTS / "smollm2-135m-mtp"
+EXPLICIT = "explicit"  # decoding_settings' source when the caller fixed everything
+BUILT_IN = "built-in"
+log = logging.getLogger("mtp.api")
 
 
 def default_checkpoint() -> Path | None:
     """The shipped checkpoint for the embedded model, if one is present."""
     return DEFAULT_CHECKPOINT if (DEFAULT_CHECKPOINT / adapter.CONFIG_FILE).exists() else None
+
+
+def chosen_checkpoint(model: str | None, checkpoint: str | Path | None) -> Path | None:
+    """The checkpoint load_mtp(model, checkpoint) loads: the given one, else the shipped one for the embedded model."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    return default_checkpoint() if model is None else None
 
 
 def load_mtp(model: str | None = None, checkpoint: str | Path | None = None, *,
@@ -34,8 +46,7 @@ def load_mtp(model: str | None = None, checkpoint: str | Path | None = None, *,
     poor but decoding stays exact.
     """
     loaded = load_model(model, device=device, trust_remote_code=trust_remote_code)
-    if checkpoint is None and model is None:
-        checkpoint = default_checkpoint()
+    checkpoint = chosen_checkpoint(model, checkpoint)
     if checkpoint is None:
         mtp_model = adapter.create(loaded.model, loaded.identity, k=k)
     else:
@@ -43,3 +54,38 @@ def load_mtp(model: str | None = None, checkpoint: str | Path | None = None, *,
             raise CheckpointError(f"checkpoint directory {checkpoint} does not exist")
         mtp_model = adapter.load(checkpoint, loaded.model, loaded.identity)
     return mtp_model.eval(), loaded.tokenizer
+
+
+def decoding_settings(model: MTPModel, checkpoint_dir: str | Path | None, method: str | None = None,
+                      k: int | None = None, groups: int | None = None) -> tuple[str, int, int | None, str]:
+    """(method, k, groups, source) to decode with; groups None means k+1, the paper's layout.
+
+    Given values win. The rest comes from the checkpoint's measured defaults for the model's device
+    type (`python -m mtp bench --cost-curve --save-defaults`), else quadratic with the checkpoint's
+    k. The source says where the defaults came from: "measured on <machine> (<created>)",
+    "built-in", or "explicit" when nothing was left to default.
+    """
+    if method is not None and k is not None and (groups is not None or method != "quadratic"):
+        return method, k, groups, EXPLICIT
+    entry = _measured_defaults(model, checkpoint_dir)
+    if entry is None or method not in (None, entry["method"]):
+        # No measurement, or another method than the measured one: its k and groups do not carry over.
+        return method or "quadratic", k or model.k, groups, BUILT_IN
+    used = method is None or k is None
+    k = k or entry["k"]
+    if groups is None and entry["groups"] is not None and entry["groups"] <= k + 1:
+        groups, used = entry["groups"], True
+    return entry["method"], k, groups, f"measured on {entry['machine']} ({entry['created']})" if used else BUILT_IN
+
+
+def _measured_defaults(model: MTPModel, checkpoint_dir: str | Path | None) -> dict | None:
+    """The checkpoint's measured entry for the model's device type, unless it cannot apply to this model."""
+    if checkpoint_dir is None:
+        return None
+    device_type = model.mask_embeddings.device.type
+    entry = read_decoding_defaults(checkpoint_dir, device_type)
+    if entry is not None and entry["k"] > model.k:
+        log.warning("ignoring the measured %s defaults in %s: k=%d exceeds the checkpoint's k=%d (a stale file; "
+                    "rerun the bench with --save-defaults)", device_type, checkpoint_dir, entry["k"], model.k)
+        return None
+    return entry

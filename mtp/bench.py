@@ -4,7 +4,7 @@ Per prompt, interleaved so every method shares the same noise: the baseline
 `model.base.generate(do_sample=False)` (greedy, KV cache), transformers' prompt-lookup decoding,
 then each (method, k) of the engine, in a per-prompt shuffled order. Greedy outputs are checked
 token for token against the baseline. The cost curve times single forward passes on a warm cache;
-crossed with the measured acceptance it picks the fastest (method, k, groups) for this device.
+crossed with the measured acceptance it picks the fastest MTP (method, k, groups) for this device.
 
 Aggregates are ratios of sums over a domain's prompts: τ = Σ new tokens ÷ Σ forward passes,
 tokens/s = Σ new tokens ÷ Σ seconds, speedup = tokens/s ÷ baseline tokens/s.
@@ -33,6 +33,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from . import decoding
 from .adapter import MTPModel
+from .config import DEFAULTS_METHODS, write_atomic
 from .data import PromptRecord
 from .layouts import step_layout
 from .models import encode_prompt
@@ -532,9 +533,13 @@ def markdown(report: dict) -> str:
                             [[c["method"], str(c["k"] or "–"), str(c["groups"] or "–"), _fmt(c["tokens_per_step"]),
                               _fmt(c["predicted_tokens_per_second"], 1),
                               _fmt(c["predicted_speedup_vs_autoregressive"], 2, "×")] for c in ranked[:10]]))
-        best = report["defaults"]
-        parts += ["", f"Chosen defaults (written to `{DEFAULTS_FILE}`): method {best['method']}, k {best['k'] or '–'}, "
-                      f"groups {best['groups'] or '–'}."]
+        best = report.get("defaults")
+        if best:
+            speedup = best["predicted_speedup_vs_autoregressive"]
+            verdict = "faster" if speedup > 1 else "not faster"
+            parts += ["", f"Chosen defaults, the fastest MTP setting (written to `{DEFAULTS_FILE}`): method "
+                          f"{best['method']}, k {best['k']}, groups {best['groups'] or '–'}; predicted "
+                          f"{speedup:.2f}× autoregressive, so {verdict} than plain decoding on this device."]
     return "\n".join(parts) + "\n"
 
 
@@ -603,8 +608,8 @@ def write_outputs(report: dict, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / RESULTS_FILE, out_dir / "results.md"]
-    _write_text(written[0], json.dumps(report, indent=1) + "\n")
-    _write_text(written[1], markdown(report))
+    write_atomic(written[0], json.dumps(report, indent=1) + "\n")
+    write_atomic(written[1], markdown(report))
     png = _kaleido_available()
     for name, fig in figures(report).items():
         # plotly.js from its CDN keeps each page small; the numbers are all in bench.json.
@@ -616,15 +621,8 @@ def write_outputs(report: dict, out_dir: str | Path) -> list[Path]:
             written.append(out_dir / f"{name}.png")
     if report.get("defaults"):
         written.append(out_dir / DEFAULTS_FILE)
-        _write_text(written[-1], json.dumps(report["defaults"], indent=1) + "\n")
+        write_atomic(written[-1], json.dumps(report["defaults"], indent=1) + "\n")
     return written
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write beside, then rename: an interrupted run never leaves half a results file."""
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text, encoding="utf-8")
-    os.replace(staging, path)
 
 
 def benchmark(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: list[PromptRecord],
@@ -652,16 +650,21 @@ def benchmark(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: list
     if with_cost_curve:
         curve = cost_curve(model, settings.k_list, repeats=curve_repeats, use_sampler=settings.use_sampler)
         ranked = predict(results, curve, settings)
-        best = ranked[0]
-        report.update(cost_curve=curve, predictions=ranked, defaults={
-            "method": best["method"], "k": best["k"], "groups": best["groups"],
-            "predicted_tokens_per_second": best["predicted_tokens_per_second"],
-            "predicted_speedup_vs_autoregressive": best["predicted_speedup_vs_autoregressive"],
-            "tokens_per_step": best["tokens_per_step"], "device": str(device),
-            "machine": report["machine"]["cpu"], "torch_threads": report["machine"]["torch_threads"],
-            "model": model_name, "checkpoint": checkpoint, "use_sampler": settings.use_sampler,
-            "prompts": len(records), "created": report["created"], "command": command,
-            "basis": "cost curve (warm cache) x accepted-draft counts measured by this benchmark",
-        })
+        report.update(cost_curve=curve, predictions=ranked)
+        # `mtp generate` runs MTP decoding, so its default is the fastest MTP setting even where
+        # autoregressive would win; the speedup field says which.
+        best = next((c for c in ranked if c["method"] in DEFAULTS_METHODS), None)
+        if best is not None:
+            machine = report["machine"]
+            report["defaults"] = {
+                "method": best["method"], "k": best["k"], "groups": best["groups"],
+                "predicted_tokens_per_second": best["predicted_tokens_per_second"],
+                "predicted_speedup_vs_autoregressive": best["predicted_speedup_vs_autoregressive"],
+                "tokens_per_step": best["tokens_per_step"], "device": str(device),
+                "machine": machine.get("gpu", machine["cpu"]), "torch_threads": machine["torch_threads"],
+                "model": model_name, "checkpoint": checkpoint, "use_sampler": settings.use_sampler,
+                "prompts": len(records), "created": report["created"], "command": command,
+                "basis": "cost curve (warm cache) x accepted-draft counts measured by this benchmark",
+            }
     report["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     return report

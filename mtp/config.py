@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -10,6 +11,10 @@ from .models import BaseIdentity
 
 FORMAT_VERSION = 1
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DECODING_DEFAULTS_FILE = "decoding_defaults.json"  # measured best decoding settings, keyed by device type
+DEFAULTS_METHODS = ("linear", "quadratic")  # the defaults pick MTP decoding; autoregressive needs no checkpoint
+DEFAULTS_FIELDS = ("method", "k", "groups", "predicted_tokens_per_second", "predicted_speedup_vs_autoregressive",
+                   "tokens_per_step", "machine", "torch_threads", "created", "command")
 
 
 class CheckpointError(ValueError):
@@ -68,3 +73,68 @@ class MTPConfig:
             return cls(**data)
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"{path} holds an invalid config: {error}") from error
+
+
+# -- measured decoding defaults ------------------------------------------------------------------
+def _defaults_problem(entry: object) -> str | None:
+    """Why an entry of decoding_defaults.json is unusable, or None when it is fine."""
+    if not isinstance(entry, dict):
+        return "is not a JSON object"
+    missing = [name for name in DEFAULTS_FIELDS if name not in entry]
+    if missing:
+        return f"lacks {missing}"
+    k, groups = entry["k"], entry["groups"]
+    if entry["method"] not in DEFAULTS_METHODS:
+        return f"has method {entry['method']!r}, not one of {', '.join(DEFAULTS_METHODS)}"
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        return f"has k {k!r}, not an integer >= 1"
+    if groups is not None and (entry["method"] != "quadratic" or not isinstance(groups, int)
+                               or isinstance(groups, bool) or not 1 <= groups <= k + 1):
+        return f"has groups {groups!r}: quadratic only, an integer in 1..k+1"
+    return None
+
+
+def _read_defaults_file(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is unreadable ({error}): fix or delete it") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object keyed by device type: fix or delete it")
+    return data
+
+
+def read_decoding_defaults(checkpoint_dir: str | Path, device_type: str) -> dict | None:
+    """The measured decoding defaults of this checkpoint for a device type ("cpu", "cuda", ...), if any."""
+    path = Path(checkpoint_dir) / DECODING_DEFAULTS_FILE
+    entry = _read_defaults_file(path).get(device_type)
+    if entry is None:
+        return None
+    problem = _defaults_problem(entry)
+    if problem:
+        raise CheckpointError(f"{path}: the entry for {device_type!r} {problem}: fix or delete it")
+    return entry
+
+
+def write_decoding_defaults(checkpoint_dir: str | Path, device_type: str, entry: dict) -> Path:
+    """Set one device type's entry, keeping the others; atomic, so readers never see half a file."""
+    problem = _defaults_problem(entry)
+    if problem:
+        raise ValueError(f"decoding defaults entry {problem}")
+    path = Path(checkpoint_dir) / DECODING_DEFAULTS_FILE
+    data = {**_read_defaults_file(path), device_type: entry}
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a temp file beside `path`, then rename it over: an interruption leaves the old file whole."""
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: concurrent writers never share one
+    try:
+        staging.write_text(text, encoding="utf-8")
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise

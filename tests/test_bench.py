@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 from mtp import adapter, bench, decoding
 from mtp.__main__ import main
+from mtp.config import DEFAULTS_FIELDS, read_decoding_defaults
 
 WORDS = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(125)]  # 128 = the tiny vocabulary
 
@@ -56,7 +58,9 @@ def bench_args(root, out, *extra: str) -> list[str]:
 
 def test_bench_end_to_end(tiny, tmp_path):
     out = tmp_path / "out"
-    rc = main(bench_args(tiny, out, "--limit", "2", "--k-list", "1,2,4", "--max-new-tokens", "12", "--cost-curve"))
+    checkpoint = shutil.copytree(tiny / "ckpt", tmp_path / "ckpt")  # --save-defaults writes into it
+    rc = main(bench_args(tiny, out, "--limit", "2", "--k-list", "1,2,4", "--max-new-tokens", "12", "--cost-curve",
+                         "--checkpoint", str(checkpoint), "--save-defaults"))
     assert rc == 0
     for name in ("bench.json", "results.md", "tau_vs_k.html", "speedup.html", "cost_curve.html", "defaults.json"):
         assert (out / name).stat().st_size > 0, name
@@ -94,13 +98,19 @@ def test_bench_end_to_end(tiny, tmp_path):
     assert curve["step_seconds"]["4"]["linear"]["input_length"] == 9  # 2k+1
     assert all(s > 0 for s in curve["backbone_seconds"].values())
     defaults = json.loads((out / "defaults.json").read_text())
-    assert defaults["method"] in ("autoregressive", "linear", "quadratic")
     assert defaults == report["defaults"]
     assert report["predictions"][0]["predicted_tokens_per_second"] == max(
         c["predicted_tokens_per_second"] for c in report["predictions"])
+    # The default is the fastest MTP setting, whether or not it beats autoregressive.
+    mtp_ranked = [c for c in report["predictions"] if c["method"] != "autoregressive"]
+    assert (defaults["method"], defaults["k"], defaults["groups"]) == (
+        mtp_ranked[0]["method"], mtp_ranked[0]["k"], mtp_ranked[0]["groups"])
+    assert read_decoding_defaults(checkpoint, "cpu") == {name: defaults[name] for name in DEFAULTS_FIELDS}
+    assert "--save-defaults" in defaults["command"]
     markdown = (out / "results.md").read_text()
     assert "0 mismatches" in markdown and "| domain | k=1 | k=2 | k=4 |" in markdown
     assert "| quadratic k=4 |" in markdown and "Cost curve" in markdown
+    assert "than plain decoding on this device" in markdown
     assert "plotly" in (out / "tau_vs_k.html").read_text()
 
 
@@ -165,11 +175,20 @@ def test_predict_prices_groups_from_acceptance():
     (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
     (["--methods", "linear", "--groups", "2"], "--groups applies to the quadratic"),
     (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
+    (["--save-defaults"], "--save-defaults needs --cost-curve"),
+    (["--cost-curve", "--save-defaults", "--methods", "autoregressive"], "linear or quadratic"),
 ])
 def test_bad_input_exits_2(tiny, tmp_path, capsys, extra, message):
     assert main(bench_args(tiny, tmp_path / "out", *extra)) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_save_defaults_needs_a_checkpoint(tiny, tmp_path, capsys):
+    args = ["bench", "--prompts", str(tiny / "mixed.jsonl"), "--model", str(tiny / "model"), "--out",
+            str(tmp_path / "out"), "--cost-curve", "--save-defaults"]
+    assert main(args) == 2
+    assert "--save-defaults needs a checkpoint" in capsys.readouterr().err
 
 
 def test_missing_prompt_file_exits_2(tiny, tmp_path, capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mtp import adapter
+from mtp.config import write_decoding_defaults
 from mtp.models import encode_prompt, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +102,35 @@ def test_default_embedded_model() -> None:
     record = json.loads(result.stdout)
     assert record["method"] == "quadratic" and record["k"] == 2 and record["new_tokens"] == 4
     assert record["groups"] == 3 and record["prompt_tokens"] > 10  # the chat template wrapped the prompt
+
+
+def test_measured_defaults_are_used(tiny, tmp_path) -> None:
+    """A checkpoint with a measured entry for this device: no --method/--k/--groups picks it, and says so."""
+    model_dir, checkpoint, loaded = tiny
+    measured = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, measured)
+    entry = {"method": "quadratic", "k": 3, "groups": 2, "predicted_tokens_per_second": 50.0,
+             "predicted_speedup_vs_autoregressive": 1.3, "tokens_per_step": 1.9, "machine": "Bench CPU",
+             "torch_threads": 1, "created": "2025-02-03T04:05:06+00:00", "command": "python -m mtp bench"}
+    write_decoding_defaults(measured, "cpu", entry)
+    base = ["--prompt", "Say hello.", "--model", str(model_dir), "--checkpoint", str(measured), "--max-new-tokens", "6"]
+    result = mtp_generate(*base, "--json")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert (record["method"], record["k"], record["groups"]) == ("quadratic", 3, 2)
+    assert record["defaults_source"] == "measured on Bench CPU (2025-02-03T04:05:06+00:00)"
+    assert record["token_ids"] == _reference(loaded, "Say hello.", 6)
+    result = mtp_generate(*base, "--method", "linear", "--json")  # another method: the checkpoint's k
+    record = json.loads(result.stdout)
+    assert (record["method"], record["k"], record["defaults_source"]) == ("linear", 4, "built-in")
+    write_decoding_defaults(measured, "cpu", {**entry, "method": "linear", "k": 2, "groups": None})
+    result = mtp_generate(*base)
+    assert result.returncode == 0, result.stderr
+    summary = result.stderr.strip().splitlines()[-1]
+    assert summary.startswith("linear k=2: ") and summary.endswith("; defaults: measured on Bench CPU "
+                                                                    "(2025-02-03T04:05:06+00:00)")
+    result = mtp_generate(*base, "--groups", "2")  # the measured method is linear: --groups does not apply
+    assert result.returncode == 2 and "--groups applies to --method quadratic only" in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-chat-template", action="store_true", help="feed prompts raw, without the chat template")
     parser.add_argument("--cost-curve", action="store_true",
                         help="also time forward passes vs input length and write the best defaults for this device")
+    parser.add_argument("--save-defaults", action="store_true",
+                        help="with --cost-curve: store the fastest MTP setting as this device's default in the "
+                             "checkpoint's decoding_defaults.json (what `mtp generate` then uses)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from OUT/partial.jsonl (same options) instead of starting afresh")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
@@ -67,6 +70,7 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from .. import bench  # torch / transformers: imported only once the arguments are read
+    from ..config import DEFAULTS_FIELDS, DEFAULTS_METHODS, CheckpointError, write_decoding_defaults
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in bench.METHODS]
@@ -79,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.groups is not None and "quadratic" not in methods:
         raise UsageError("--groups applies to the quadratic method, which is not in --methods")
+    if args.save_defaults and not args.cost_curve:
+        raise UsageError("--save-defaults needs --cost-curve: the defaults are predicted from the measured cost curve")
+    if args.save_defaults and not set(DEFAULTS_METHODS) & set(methods):
+        raise UsageError("--save-defaults needs linear or quadratic in --methods: the defaults are an MTP setting")
     missing = [p for p in args.prompts if not Path(p).is_file()]
     if missing:
         raise UsageError(f"prompt file(s) not found: {', '.join(missing)}")
@@ -90,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..api import default_checkpoint, load_mtp
-    from ..config import CheckpointError
+    from ..api import chosen_checkpoint, load_mtp
     from ..data import read_prompt_files
     from ..models import EMBEDDED_NAME, ModelSourceError
 
@@ -105,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
         records = bench.limit_per_domain(records, args.limit)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    checkpoint = args.checkpoint if args.checkpoint is not None or args.model is not None else default_checkpoint()
+    checkpoint = chosen_checkpoint(args.model, args.checkpoint)
+    if args.save_defaults and checkpoint is None:
+        raise UsageError("--save-defaults needs a checkpoint to save them in: pass --checkpoint DIR")
     try:
         model, tokenizer = load_mtp(args.model, args.checkpoint, k=max(k_list or DEFAULT_K_LIST))
     except (CheckpointError, ModelSourceError) as error:
@@ -136,4 +145,13 @@ def run(args: argparse.Namespace) -> int:
     for m in bad:
         log.warning("mismatch: %s %s first at token %s", m["source"], bench.run_name(m["method"], m["k"]),
                     m["first_mismatch_at"])
+    if args.save_defaults:
+        best = report.get("defaults")
+        if best is None:
+            log.error("no MTP setting could be priced (no step verified k drafts): no defaults saved")
+            return 1
+        device_type = model.mask_embeddings.device.type
+        path = write_decoding_defaults(checkpoint, device_type, {name: best[name] for name in DEFAULTS_FIELDS})
+        log.info("saved the %s defaults (%s k=%d, groups %s) in %s", device_type, best["method"], best["k"],
+                 best["groups"], path)
     return 1 if bad else 0  # results are written either way; a mismatch is a failed identity assertion

@@ -25,10 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one JSON object per line with a `prompt` field; other fields are passed through")
     parser.add_argument("--model", default=None, help="embedded model name, model directory or Hub id (default: embedded SmolLM2)")
     parser.add_argument("--checkpoint", default=None, help="MTP checkpoint directory (default: the shipped one, if present)")
-    parser.add_argument("--method", default="quadratic", help="autoregressive | linear | quadratic (default quadratic)")
-    parser.add_argument("--k", type=int, default=None, help="masks per step, 1..the checkpoint's k (default: the checkpoint's k)")
+    parser.add_argument("--method", default=None,
+                        help="autoregressive | linear | quadratic (default: the checkpoint's measured best for this "
+                             "device, else quadratic)")
+    parser.add_argument("--k", type=int, default=None,
+                        help="masks per step, 1..the checkpoint's k (default: the measured best, else the "
+                             "checkpoint's k)")
     parser.add_argument("--groups", type=int, default=None,
-                        help="quadratic: mask groups after the first G of the k+1 tokens (default k+1, the paper's layout)")
+                        help="quadratic: mask groups after the first G of the k+1 tokens "
+                             "(default: the measured best, else k+1, the paper's layout)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-k", type=int, default=None)
@@ -42,12 +47,12 @@ def _check_arguments(args: argparse.Namespace) -> None:
     """Everything that can be refused before the model loads."""
     if args.prompt is not None and not args.prompt.strip():
         raise UsageError("the prompt is empty")
-    if args.method not in METHODS:
+    if args.method is not None and args.method not in METHODS:
         raise UsageError(f"unknown method '{args.method}': choose one of {', '.join(METHODS)}")
     if args.k is not None and args.k < 1:
         raise UsageError(f"--k must be at least 1, got {args.k}")
     if args.groups is not None:
-        if args.method != "quadratic":
+        if args.method not in (None, "quadratic"):  # a default method is known only once the model is loaded
             raise UsageError("--groups applies to --method quadratic only")
         if args.groups < 1:
             raise UsageError(f"--groups must be at least 1, got {args.groups}")
@@ -104,22 +109,26 @@ class _Streamer:
 def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
     prompts = _read_prompts(args)
-    from ..api import load_mtp  # torch / transformers: imported only once the arguments are read
+    # torch / transformers: imported only once the arguments are read
+    from ..api import EXPLICIT, chosen_checkpoint, decoding_settings, load_mtp
     from ..config import CheckpointError
     from ..decoding import generate
     from ..models import ModelSourceError, encode_prompt
 
+    checkpoint = chosen_checkpoint(args.model, args.checkpoint)
     try:
-        model, tokenizer = load_mtp(args.model, args.checkpoint, k=args.k or 8)
+        model, tokenizer = load_mtp(args.model, checkpoint, k=args.k or 8)
+        method, k, groups, source = decoding_settings(model, checkpoint, args.method, args.k, args.groups)
     except (CheckpointError, ModelSourceError) as error:
         raise UsageError(str(error)) from None
-    if args.checkpoint is None and not (args.model is None and _shipped_checkpoint()):
+    if checkpoint is None:
         log.warning("no checkpoint: a fresh, untrained adapter drafts (output stays exact, drafts are poor)")
-    k = args.k or model.k
     if k > model.k:
         raise UsageError(f"--k {k} exceeds the checkpoint's k={model.k}")
-    if args.groups is not None and args.groups > k + 1:
-        raise UsageError(f"--groups must be at most k+1={k + 1}, got {args.groups}")
+    if groups is not None and method != "quadratic":
+        raise UsageError(f"--groups applies to --method quadratic only (the default method here is {method}, {source})")
+    if groups is not None and groups > k + 1:
+        raise UsageError(f"--groups must be at most k+1={k + 1}, got {groups}")
     window = getattr(model.base.config, "max_position_embeddings", None)
     encoded = [encode_prompt(tokenizer, text, chat_template=not args.no_chat_template) for text, _ in prompts]
     for ids, (text, _) in zip(encoded, prompts):
@@ -136,25 +145,21 @@ def run(args: argparse.Namespace) -> int:
     for ids, (_, passthrough) in zip(encoded, prompts):
         max_new = args.max_new_tokens if not window else min(args.max_new_tokens, window - len(ids))
         streamer = None if args.json else _Streamer(tokenizer)
-        trace = generate(model, ids, method=args.method, k=k, max_new_tokens=max_new,
+        trace = generate(model, ids, method=method, k=k, max_new_tokens=max_new,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                         eos_token_ids=sorted(eos_ids), tokenizer=tokenizer, groups=args.groups, on_chunk=streamer)
+                         eos_token_ids=sorted(eos_ids), tokenizer=tokenizer, groups=groups, on_chunk=streamer)
         metrics = trace.metrics()
         if args.json:
             record = {**passthrough, "text": trace.text, "token_ids": trace.token_ids, **metrics,
-                      "prompt_tokens": len(ids), "temperature": args.temperature}
-            if args.method == "quadratic":
-                record["groups"] = args.groups or k + 1
+                      "prompt_tokens": len(ids), "temperature": args.temperature, "defaults_source": source}
+            if method == "quadratic":
+                record["groups"] = groups or k + 1
             print(json.dumps(record), flush=True)
         else:
             streamer.finish(trace.text)
-            print(f"{args.method} k={trace.k}: {trace.new_tokens} tokens in {trace.forward_passes} passes "
-                  f"(τ {trace.tokens_per_step:.2f}, draft acceptance {trace.draft_acceptance_rate:.2f}), "
-                  f"{trace.seconds:.2f} s, {trace.tokens_per_second:.1f} tokens/s, stop: {trace.stop_reason}",
+            print(f"{method} k={trace.k}{'' if groups is None else f' groups={groups}'}: {trace.new_tokens} tokens "
+                  f"in {trace.forward_passes} passes (τ {trace.tokens_per_step:.2f}, draft acceptance "
+                  f"{trace.draft_acceptance_rate:.2f}), {trace.seconds:.2f} s, {trace.tokens_per_second:.1f} tokens/s, "
+                  f"stop: {trace.stop_reason}" + ("" if source == EXPLICIT else f"; defaults: {source}"),
                   file=sys.stderr)
     return 0
-
-
-def _shipped_checkpoint() -> bool:
-    from ..api import default_checkpoint
-    return default_checkpoint() is not None
