@@ -18,7 +18,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mtp import adapter
-from mtp.config import write_decoding_defaults
+from mtp.api import DEFAULT_CHECKPOINT
+from mtp.config import read_decoding_defaults, write_decoding_defaults
 from mtp.models import encode_prompt, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,8 +101,13 @@ def test_default_embedded_model() -> None:
     result = mtp_generate("--prompt", "What is 2+2?", "--max-new-tokens", "4", "--json", "--k", "2")
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
-    assert record["method"] == "quadratic" and record["k"] == 2 and record["new_tokens"] == 4
-    assert record["groups"] == 3 and record["prompt_tokens"] > 10  # the chat template wrapped the prompt
+    # --k alone keeps the shipped checkpoint's measured method and its groups while they fit k+1.
+    measured = read_decoding_defaults(DEFAULT_CHECKPOINT, "cuda" if torch.cuda.is_available() else "cpu")
+    method = measured["method"] if measured else "quadratic"
+    groups = measured["groups"] if measured and measured["groups"] and measured["groups"] <= 3 else 3
+    assert record["method"] == method and record["k"] == 2 and record["new_tokens"] == 4
+    assert record.get("groups") == (groups if method == "quadratic" else None)
+    assert record["prompt_tokens"] > 10  # the chat template wrapped the prompt
 
 
 def test_measured_defaults_are_used(tiny, tmp_path) -> None:
