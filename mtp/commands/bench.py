@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     if args.save_defaults and checkpoint is None:
         raise UsageError("--save-defaults needs a checkpoint to save them in: pass --checkpoint DIR")
     try:
-        model, tokenizer = load_mtp(args.model, args.checkpoint, k=max(k_list or DEFAULT_K_LIST))
+        model, tokenizer = load_mtp(args.model, checkpoint, k=max(k_list or DEFAULT_K_LIST))
     except (CheckpointError, ModelSourceError) as error:
         raise UsageError(str(error)) from None
     if k_list is None:

@@ -1,14 +1,14 @@
 """python -m mtp train --config FILE.yaml [--resume | --init-from DIR] [--set key=value ...]
 
-Also under accelerate: `accelerate launch -m mtp train --config FILE.yaml` (DDP, one process per device).
+Several processes: `accelerate launch --multi_gpu --num_processes N -m mtp train --config FILE.yaml`
+(DDP on GPUs; without GPUs the same launch runs as multi-CPU over gloo).
 Ctrl-C or SIGTERM ends the run after the current step, with a checkpoint.
 """
 
 from __future__ import annotations
 
-import os
-
 import argparse
+import os
 import signal
 
 import yaml
