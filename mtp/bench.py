@@ -31,7 +31,7 @@ from plotly.subplots import make_subplots
 from tqdm import tqdm
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from . import decoding
+from . import acceptance, decoding
 from .adapter import MTPModel
 from .config import DEFAULTS_METHODS, write_atomic
 from .data import PromptRecord
@@ -48,6 +48,9 @@ PAPER_K = (1, 2, 4, 8)
 PAPER_TAU = {"GSM8K (math)": (1.84, 2.58, 3.75, 5.22), "HumanEval (code)": (1.86, 2.63, 3.87, 5.35),
              "AlpacaEval (chat)": (1.61, 1.97, 2.31, 2.52), "MMLU (knowledge)": (1.54, 1.87, 2.18, 2.38),
              "average of 13": (1.67, 2.14, 2.69, 3.17)}
+# Our eval domains -> the closest benchmark of the paper's Table 1.
+PAPER_ROW = {"math": "GSM8K (math)", "code": "HumanEval (code)", "instructions": "AlpacaEval (chat)",
+             "knowledge": "MMLU (knowledge)", "all": "average of 13"}
 CURVE_LENGTHS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50, 64, 81, 100)
 LM_HEAD_ROWS = (1, 2, 4, 8, 9, 16, 17, 25, 32, 64, 81)
 
@@ -61,6 +64,9 @@ class Settings:
     use_sampler: bool = True
     prompt_lookup_tokens: int = 10
     chat_template: bool = True
+    # τ of linear/quadratic at k = 1..max(k_list), with and without the sampler, replayed from one
+    # teacher-forced pass over each greedy output (mtp.acceptance).
+    tau_table: bool = False
 
 
 def runs_of(settings: Settings) -> list[tuple[str, int | None]]:
@@ -211,6 +217,9 @@ def measure_prompt(model: MTPModel, record: PromptRecord, prompt_ids: list[int],
         if run["mismatch_at"] is None:
             del run["token_ids"]  # the baseline's tokens; kept only where they differ
         entry["runs"].append(run)
+    if settings.tau_table and baseline["token_ids"]:
+        bar.set_postfix_str(f"{record.domain} teacher-forced drafts")
+        entry["draft_matches"] = acceptance.draft_matches(model, prompt_ids + baseline["token_ids"], len(prompt_ids))
     return entry
 
 
@@ -299,8 +308,37 @@ def summarize(results: list[dict], settings: Settings) -> dict:
         for stats in block["runs"].values():
             stats["speedup_vs_prompt_lookup"] = (
                 stats["tokens_per_second"] / lookup["tokens_per_second"] if lookup else None)
+        if settings.tau_table:
+            block["tau_table"] = tau_table(entries, settings)
         summary[domain] = block
     return summary
+
+
+def _replayed_passes(entry: dict, drafter: str, method: str, k: int, groups: int | None = None) -> int:
+    new_tokens = entry["baseline"]["new_tokens"]
+    if "draft_matches" not in entry:  # no generated token: the one prefill pass
+        return 1
+    return len(acceptance.replay(entry["draft_matches"][drafter], method, k, new_tokens, groups))
+
+
+def tau_table(entries: list[dict], settings: Settings) -> dict:
+    """{drafter: {method: [τ at k = 1..max(k_list)]}} replayed from the teacher-forced match lengths,
+    and, per decoded linear/quadratic run, on how many prompts the replay gives its exact pass count."""
+    tokens = sum(e["baseline"]["new_tokens"] for e in entries)
+    table = {drafter: {method: [tokens / sum(_replayed_passes(e, drafter, method, k) for e in entries)
+                                for k in range(1, max(settings.k_list) + 1)]
+                       for method in acceptance.METHODS}
+             for drafter in acceptance.DRAFTERS}
+    drafter = acceptance.DRAFTERS[0] if settings.use_sampler else acceptance.DRAFTERS[1]
+    agreement = {}
+    for method, k in runs_of(settings):
+        if method not in acceptance.METHODS:
+            continue
+        groups = min(settings.groups, k + 1) if method == "quadratic" and settings.groups else None
+        pairs = [(run["steps"], _replayed_passes(e, drafter, method, k, groups))
+                 for e in entries for run in e["runs"] if (run["method"], run["k"]) == (method, k)]
+        agreement[run_name(method, k)] = {"prompts": len(pairs), "same_passes": sum(a == b for a, b in pairs)}
+    return {"tau": table, "replay_agreement": agreement}
 
 
 def mismatches(results: list[dict]) -> list[dict]:
@@ -502,6 +540,8 @@ def markdown(report: dict) -> str:
     parts += ["", "Paper (Tulu3-8B, quadratic + sampler + LCM, DESIGN §6), for comparison:", "",
               _table(["benchmark"] + [f"k={k}" for k in PAPER_K],
                      [[name] + [f"{v:.2f}" for v in values] for name, values in PAPER_TAU.items()])]
+    if settings.get("tau_table"):
+        parts += _tau_table_markdown(summary, settings)
     names = list(summary["all"]["runs"])
     parts += ["", "## Tokens per second", ""]
     rows = [[BASELINE] + [_fmt(summary[d][BASELINE]["tokens_per_second"], 1) for d in domains]]
@@ -541,6 +581,34 @@ def markdown(report: dict) -> str:
                           f"{best['method']}, k {best['k']}, groups {best['groups'] or '–'}; predicted "
                           f"{speedup:.2f}× autoregressive, so {verdict} than plain decoding on this device."]
     return "\n".join(parts) + "\n"
+
+
+def _tau_table_markdown(summary: dict, settings: dict) -> list[str]:
+    """The teacher-forced τ tables (k = 1..K per method and drafter) and the replay check."""
+    domains = list(summary)
+    ks = range(1, max(settings["k_list"]) + 1)
+    paper_cols = [f"paper k={k}" for k in PAPER_K]
+    parts = ["", f"## τ at k = 1…{ks[-1]}, replayed from teacher-forced drafts", "",
+             "One pass per prompt runs every mask group over the greedy output (`mtp.acceptance`); replaying "
+             "linear and quadratic decoding on the match lengths gives their pass counts exactly "
+             "(paper rows: the closest benchmark of its Table 1, Tulu3-8B)."]
+    for drafter, label in (("sampler", "sampler drafts"), ("lm_head", "lm_head drafts (no sampler)")):
+        for method in acceptance.METHODS:
+            with_paper = (method, drafter) == ("quadratic", "sampler")
+            rows = []
+            for d in domains:
+                row = [d] + [_fmt(v) for v in summary[d]["tau_table"]["tau"][drafter][method]]
+                if with_paper:
+                    paper = PAPER_TAU.get(PAPER_ROW.get(d, ""))
+                    row += [f"{v:.2f}" for v in paper] if paper else ["–"] * len(PAPER_K)
+                rows.append(row)
+            parts += ["", f"**{method}, {label}**", "",
+                      _table(["domain"] + [f"k={k}" for k in ks] + (paper_cols if with_paper else []), rows)]
+    agreement = summary["all"]["tau_table"]["replay_agreement"]
+    if agreement:
+        parts += ["", "Replay vs decoding (same pass count per prompt): " + ", ".join(
+            f"{name} {a['same_passes']}/{a['prompts']}" for name, a in agreement.items()) + "."]
+    return parts
 
 
 def figures(report: dict) -> dict[str, go.Figure]:

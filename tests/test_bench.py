@@ -184,6 +184,40 @@ def test_bad_input_exits_2(tiny, tmp_path, capsys, extra, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_tau_table(tiny, tmp_path):
+    out = tmp_path / "out"
+    assert main(bench_args(tiny, out, "--limit", "1", "--k-list", "1,3", "--max-new-tokens", "10",
+                           "--methods", "linear,quadratic", "--tau-table")) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert all(len(e["draft_matches"]["sampler"]) == e["baseline"]["new_tokens"] for e in report["prompts"])
+    table = report["summary"]["all"]["tau_table"]
+    for drafter in ("sampler", "lm_head"):
+        for method in ("linear", "quadratic"):
+            taus = table["tau"][drafter][method]
+            assert len(taus) == 3 and all(1.0 <= t <= k + 1 for k, t in enumerate(taus, start=1))
+    # The replayed τ is the decoded τ wherever both exist.
+    for method in ("linear", "quadratic"):
+        for k in (1, 3):
+            assert table["tau"]["sampler"][method][k - 1] == pytest.approx(
+                report["summary"]["all"]["runs"][f"{method} k={k}"]["tokens_per_step"])
+    assert all(a["same_passes"] == a["prompts"] == 3 for a in table["replay_agreement"].values())
+    markdown = (out / "results.md").read_text()
+    assert "replayed from teacher-forced drafts" in markdown and "| domain | k=1 | k=2 | k=3 |" in markdown
+    assert "paper k=8" in markdown and "Replay vs decoding" in markdown
+    # Only the baseline and the table: the cheap way to get τ for every k.
+    out2 = tmp_path / "out2"
+    assert main(bench_args(tiny, out2, "--limit", "1", "--k-list", "2", "--max-new-tokens", "6", "--methods", "none",
+                           "--tau-table")) == 0
+    report = json.loads((out2 / "bench.json").read_text())
+    assert report["prompts"][0]["runs"] == [] and len(report["summary"]["all"]["tau_table"]["tau"]["sampler"]["quadratic"]) == 2
+
+
+def test_methods_none_needs_tau_table(tiny, tmp_path, capsys):
+    assert main(bench_args(tiny, tmp_path / "out", "--methods", "none")) == 2
+    assert "add --tau-table" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_save_defaults_needs_a_checkpoint(tiny, tmp_path, capsys):
     args = ["bench", "--prompts", str(tiny / "mixed.jsonl"), "--model", str(tiny / "model"), "--out",
             str(tmp_path / "out"), "--cost-curve", "--save-defaults"]

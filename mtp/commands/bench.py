@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="at most N prompts per domain")
     parser.add_argument("--k-list", default=None, help="comma-separated k values (default 1,2,4,8 up to the checkpoint's k)")
     parser.add_argument("--methods", default="autoregressive,linear,quadratic,prompt_lookup",
-                        help="comma-separated: autoregressive, linear, quadratic, prompt_lookup")
+                        help="comma-separated: autoregressive, linear, quadratic, prompt_lookup; or none "
+                             "(only the `generate` baseline, e.g. with --tau-table)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--out", default="docs/bench", help="output directory (default docs/bench)")
     parser.add_argument("--model", default=None, help="embedded model name, model directory or Hub id")
@@ -30,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-lookup-tokens", type=int, default=10,
                         help="prompt lookup's prompt_lookup_num_tokens (default 10)")
     parser.add_argument("--no-chat-template", action="store_true", help="feed prompts raw, without the chat template")
+    parser.add_argument("--tau-table", action="store_true",
+                        help="also τ of linear and quadratic at every k up to max(--k-list), with and without the "
+                             "sampler, replayed from one teacher-forced pass over each greedy output (exact for "
+                             "greedy decoding; checked against the decoded runs)")
     parser.add_argument("--cost-curve", action="store_true",
                         help="also time forward passes vs input length and write the best defaults for this device")
     parser.add_argument("--save-defaults", action="store_true",
@@ -73,9 +78,14 @@ def run(args: argparse.Namespace) -> int:
     from ..config import DEFAULTS_FIELDS, DEFAULTS_METHODS, CheckpointError, write_decoding_defaults
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if methods == ("none",):
+        methods = ()
+        if not args.tau_table:
+            raise UsageError("--methods none measures nothing but the baseline: add --tau-table, or name methods")
     unknown = [m for m in methods if m not in bench.METHODS]
-    if unknown or not methods:
-        raise UsageError(f"unknown method(s) {unknown or [args.methods]}: choose from {', '.join(bench.METHODS)}")
+    if unknown or (not methods and args.methods.strip() != "none"):
+        raise UsageError(f"unknown method(s) {unknown or [args.methods]}: choose from {', '.join(bench.METHODS)}, "
+                         "or none")
     k_list = _int_list(args.k_list, "--k-list") if args.k_list is not None else None
     for name in ("limit", "max_new_tokens", "groups", "prompt_lookup_tokens", "threads"):
         value = getattr(args, name)
@@ -125,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--k-list asks for k={max(k_list)} but the checkpoint has k={model.k}")
     settings = bench.Settings(methods=methods, k_list=k_list, max_new_tokens=args.max_new_tokens,
                               groups=args.groups, use_sampler=not args.no_sampler,
-                              prompt_lookup_tokens=args.prompt_lookup_tokens, chat_template=not args.no_chat_template)
+                              prompt_lookup_tokens=args.prompt_lookup_tokens, chat_template=not args.no_chat_template,
+                              tau_table=args.tau_table)
     domains = sorted({r.domain for r in records})
     log.info("%d prompts (%s), runs per prompt: %s", len(records), ", ".join(domains),
              ", ".join(bench.run_name(m, k) for m, k in bench.runs_of(settings)))

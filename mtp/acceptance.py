@@ -1,0 +1,95 @@
+"""τ for every method and k from one teacher-forced pass over a greedy output.
+
+Greedy decoding is deterministic, so which drafts a step accepts depends only on where the step
+starts: the mask group after sequence index a (its hidden states see tokens 0..a) is seeded with
+the next token x_{a+1} and its drafts are accepted while they equal x_{a+2}, x_{a+3}, ... A draft
+chain is only compared while it matches, and while it matches each draft's predecessor IS the
+sequence's own token — so one batched pass with every mask group teacher-forced gives the match
+length at every index, and replaying linear or quadratic decoding on those lengths gives their
+exact step counts for any k ≤ the adapter's and any number of quadratic groups. The benchmark
+checks this against the runs it decodes (up to floating-point ties between differently shaped
+passes).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from transformers import DynamicCache
+
+from .adapter import MTPModel
+from .decoding import DRAFT_CANDIDATES
+from .layouts import mask_blocks_layout
+
+DRAFTERS = ("sampler", "lm_head")
+METHODS = ("linear", "quadratic")
+
+
+def _leading_matches(correct: torch.Tensor) -> list[int]:
+    """(anchors, k) bool -> per anchor the number of leading True values."""
+    return correct.int().cumprod(dim=1).sum(dim=1).tolist()
+
+
+@torch.inference_mode()
+def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: int = 64) -> dict[str, list[int]]:
+    """Match lengths of the k-draft chains after each index a = prompt_len-1 .. len(ids)-2.
+
+    Returns {"sampler": [...], "lm_head": [...]} (lm_head: argmax at each mask, the no-sampler
+    ablation; sampler: the greedy chain over the top DRAFT_CANDIDATES of each mask's lm_head row,
+    as decoding.draft). Entry i belongs to anchor prompt_len-1+i; drafts past the sequence's end
+    count as not matching.
+    """
+    if not 1 <= prompt_len < len(ids):
+        raise ValueError("draft_matches needs a prompt and at least one generated token")
+    device = model.mask_embeddings.device
+    k, length = model.k, len(ids)
+    sequence = torch.tensor(list(ids), device=device)
+    cache = DynamicCache(config=model.base.config)
+    model(sequence[None], torch.arange(length, device=device)[None], use_cache=True, past_key_values=cache,
+          gate=False)
+    anchors = list(range(prompt_len - 1, length - 1))
+    matches: dict[str, list[int]] = {name: [] for name in DRAFTERS}
+    for start in range(0, len(anchors), chunk):
+        part = anchors[start:start + chunk]
+        layout = mask_blocks_layout(ids, k, part, length)
+        out = model(layout.input_ids[None].to(device), layout.position_ids[None].to(device),
+                    attention_mask=layout.attention[None].to(device), past_key_values=cache, use_cache=True)
+        cache.crop(length - cache.get_seq_length())  # drop this chunk's masks before the next one
+        hidden = out.hidden[0].reshape(len(part), k, -1)
+        labels = layout.labels.to(device).reshape(len(part), k)  # x_{a+1+i}, IGNORE past the end
+        previous = sequence[layout.position_ids.to(device).clamp(max=length - 1)].reshape(len(part), k)
+        logits = model.lm_logits(hidden)
+        matches["lm_head"] += _leading_matches(logits.argmax(-1) == labels)
+        if model.sampler is None:
+            matches["sampler"] += matches["lm_head"][-len(part):]
+            continue
+        candidates = logits.topk(min(DRAFT_CANDIDATES, logits.shape[-1]), dim=-1).indices.flatten(0, 1)
+        scores = model.sampler_logits(hidden.flatten(0, 1), previous.flatten(), candidates)
+        chosen = candidates.gather(1, scores.argmax(-1, keepdim=True)).reshape(len(part), k)
+        matches["sampler"] += _leading_matches(chosen == labels)
+    return matches
+
+
+def replay(matches: Sequence[int], method: str, k: int, new_tokens: int, groups: int | None = None) -> list[int]:
+    """Accepted drafts per forward pass of greedy `method` decoding that yields `new_tokens` tokens.
+
+    matches[i]: match length of the chain after index prompt_len-1+i (see draft_matches), at the
+    adapter's k ≥ this k. The first pass is the prefill (no drafts); a pass without drafts
+    (linear after a rejection, quadratic after accepting past its last group) yields one token.
+    """
+    if method not in METHODS:
+        raise ValueError(f"replay covers linear and quadratic decoding, not {method!r}")
+    groups = k + 1 if groups is None else groups
+    accepted_per_pass = [0]
+    produced, has_drafts = 1, True  # the prefill yields x_0 and a mask group after the prompt
+    while produced < new_tokens:
+        # The drafts on hand came from the group after the token before x_produced.
+        accepted = min(matches[produced - 1], k) if has_drafts else 0
+        accepted_per_pass.append(accepted)
+        if has_drafts:
+            has_drafts = accepted < groups if method == "quadratic" else accepted == k
+        else:
+            has_drafts = True  # a draftless pass puts a group after its one token
+        produced += accepted + 1
+    return accepted_per_pass
