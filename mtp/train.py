@@ -9,7 +9,9 @@ Files under `out/`:
 - the adapter (MTPModel.save: adapter.safetensors + mtp_config.json), rewritten atomically at each
   checkpoint, with train_config.yaml and train_curves.html beside it;
 - train_log.jsonl: one record per optimizer step (losses, lr, accuracy, tokens/s);
-- train_state/: what --resume needs (trainable weights, optimizer, step), also written atomically.
+- train_state/: what --resume needs (trainable weights, optimizer, step), also written atomically;
+- eval_log.jsonl (with eval_data): held-out τ every eval_every steps and at the end, replayed from
+  teacher-forced drafts on held-out distilled sequences (mtp.acceptance: exact for greedy decoding).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from . import adapter
+from . import acceptance, adapter
 from .config import ALL_PROJECTIONS, CheckpointError
 from .data import read_distilled
 from .layouts import IGNORE, default_anchors, interleaved_layout, mask_blocks_layout
@@ -43,6 +45,7 @@ from .models import LoadedModel, load_model
 log = logging.getLogger("mtp.train")
 STATE_DIR = "train_state"
 LOG_FILE = "train_log.jsonl"
+EVAL_LOG_FILE = "eval_log.jsonl"
 CURVES_FILE = "train_curves.html"
 CONFIG_COPY = "train_config.yaml"
 # Fields that define the adapter's shape: a resumed run must agree on them.
@@ -88,6 +91,9 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16
     # bookkeeping
     save_every: int = 100
+    eval_data: str = ""  # held-out distilled JSONL ("": no evaluation); never the data trained on
+    eval_every: int = 0  # steps between held-out evaluations (0: only at the end)
+    eval_sequences: int = 32  # the first N held-out sequences are evaluated
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0: torch's default
 
@@ -99,6 +105,7 @@ class TrainConfig:
             (self.k >= 1 and self.lora_rank >= 1, "k and lora_rank must be at least 1"),
             (self.steps >= 1 and self.batch_size >= 1 and self.grad_accum >= 1, "steps, batch_size and grad_accum must be at least 1"),
             (self.save_every >= 1, "save_every must be at least 1"),
+            (self.eval_every >= 0 and self.eval_sequences >= 1, "eval_every must be >= 0 and eval_sequences >= 1"),
             (self.anchors_per_seq >= 0 and self.warmup_steps >= 0, "anchors_per_seq and warmup_steps must be >= 0"),
             (self.lr > 0, "lr must be positive"),
             (self.max_seq_len >= 2, "max_seq_len must be at least 2"),
@@ -314,6 +321,29 @@ def curves_figure(records: list[dict]):
     return figure
 
 
+def heldout_tau(model: adapter.MTPModel, sequences: list[Sequence], k: int) -> dict:
+    """τ of quadratic and linear decoding at k (sampler drafts; quadratic also with lm_head drafts)
+    on held-out sequences whose responses are the base model's greedy output, and the per-offset
+    rate at which the k-draft chain still matches (cumulative, over all anchors)."""
+    was_training = model.training
+    model.eval()
+    try:
+        matches = [acceptance.draft_matches(model, seq.ids, seq.prompt_len) for seq in sequences]
+    finally:
+        model.train(was_training)
+    tokens = sum(len(seq.ids) - seq.prompt_len for seq in sequences)
+
+    def tau(drafter: str, method: str) -> float:
+        passes = sum(len(acceptance.replay(m[drafter], method, k, len(seq.ids) - seq.prompt_len))
+                     for m, seq in zip(matches, sequences))
+        return round(tokens / passes, 4)
+    chains = [n for m in matches for n in m["sampler"]]
+    return {"sequences": len(sequences), "tokens": tokens, "k": k,
+            "tau_quadratic": tau("sampler", "quadratic"), "tau_linear": tau("sampler", "linear"),
+            "tau_quadratic_lm_head": tau("lm_head", "quadratic"),
+            "match_by_offset": [round(sum(n >= i for n in chains) / len(chains), 4) for i in range(1, k + 1)]}
+
+
 def _replace_dir(staging: Path, target: Path) -> None:
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -422,6 +452,12 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None,
         raise TrainError(f"{out} already holds a training run: pass --resume to continue it, "
                          f"or choose another out (use --init-from {out} to start from its weights)")
     sequences = load_sequences(config.data, config.max_seq_len)
+    heldout = load_sequences(config.eval_data, config.max_seq_len)[:config.eval_sequences] if config.eval_data else []
+    seen = {tuple(seq.ids[:seq.prompt_len]) for seq in sequences}
+    overlap = sum(tuple(seq.ids[:seq.prompt_len]) in seen for seq in heldout)
+    if overlap:
+        raise TrainError(f"{overlap} of the {len(heldout)} held-out prompts in {config.eval_data} are also in the "
+                         f"training data {config.data}: hold out prompts that are not trained on")
     # Read once: a data file that grows meanwhile (distill still running) is picked up on --resume.
     log.info("%d training sequences from %s", len(sequences), config.data)
     if config.threads:
@@ -451,8 +487,9 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None,
     if main:
         out.mkdir(parents=True, exist_ok=True)
         # Drop log records past the resumed step (steps taken after the last checkpoint).
-        kept = [r for r in read_log(log_path) if r["step"] <= start]
-        log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        for path in (log_path, out / EVAL_LOG_FILE):
+            kept = [r for r in read_log(path) if r["step"] <= start]
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     per_step = config.batch_size * config.grad_accum * accelerator.num_processes
     orders: dict[int, list[int]] = {}
 
@@ -505,7 +542,18 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None,
                                 mtok_s=f"{record['mask_tokens_per_s']:.0f}")
                 if on_log is not None:
                     on_log(record)
-            if step % config.save_every == 0 or step == config.steps or stop:
+            last = step == config.steps or stop
+            if heldout and (last or (config.eval_every and step % config.eval_every == 0)):
+                accelerator.wait_for_everyone()
+                if main:
+                    result = {"step": step, **heldout_tau(accelerator.unwrap_model(step_module).model, heldout,
+                                                          config.k)}
+                    with open(out / EVAL_LOG_FILE, "a") as handle:
+                        handle.write(json.dumps(result) + "\n")
+                    log.info("held-out τ at step %d: quadratic %.3f, linear %.3f (k=%d, %d sequences)", step,
+                             result["tau_quadratic"], result["tau_linear"], config.k, len(heldout))
+                accelerator.wait_for_everyone()
+            if step % config.save_every == 0 or last:
                 accelerator.wait_for_everyone()
                 if main:
                     _save_checkpoint(out, accelerator.unwrap_model(step_module).model, optimizer, step, config,

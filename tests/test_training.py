@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,8 @@ from mtp import adapter
 from mtp.__main__ import main as cli
 from mtp.layouts import IGNORE, interleaved_layout
 from mtp.losses import LossWeights
-from mtp.train import (LOG_FILE, STATE_DIR, Sequence, TrainConfig, TrainError, full_forward, lr_at,
-                       prefix_cache_forward, read_log, train)
+from mtp.train import (EVAL_LOG_FILE, LOG_FILE, STATE_DIR, Sequence, TrainConfig, TrainError, full_forward,
+                       heldout_tau, load_sequences, lr_at, prefix_cache_forward, read_log, train)
 from tests.conftest import randomize_lora
 from tests.train_helpers import tiny_loaded, tiny_model_dir, write_data
 
@@ -112,6 +113,31 @@ def test_tiny_model_overfits_tiny_dataset(tmp_path):
     assert (out / "train_curves.html").exists() and (out / STATE_DIR / "state.json").exists()
     saved = json.loads((out / adapter.CONFIG_FILE).read_text())
     assert saved["k"] == 2 and saved["extra"]["training"]["step"] == 60
+
+
+def test_heldout_tau_is_logged_and_reproducible(tmp_path):
+    heldout = write_data(tmp_path / "heldout.jsonl", num=3, seed=7)
+    out = train(config_for(tmp_path, "run", eval_data=str(heldout), eval_every=25, eval_sequences=2, steps=60),
+                loaded=tiny_loaded(), progress=False)
+    records = read_log(out / EVAL_LOG_FILE)
+    assert [r["step"] for r in records] == [25, 50, 60]  # every 25 steps and at the end
+    for record in records:
+        assert record["sequences"] == 2 and record["tokens"] == 40 and record["k"] == 2
+        for name in ("tau_quadratic", "tau_linear", "tau_quadratic_lm_head"):
+            assert 1.0 <= record[name] <= 3.0
+        assert record["match_by_offset"][0] >= record["match_by_offset"][1]
+    # The logged numbers are those of the saved weights on the same sequences.
+    model = adapter.load(out, tiny_loaded().model, tiny_loaded().identity)
+    again = heldout_tau(model, load_sequences(heldout, 768)[:2], 2)
+    assert again == {n: v for n, v in records[-1].items() if n != "step"}
+
+
+def test_heldout_data_must_not_be_trained_on(tmp_path):
+    config = config_for(tmp_path, "run", steps=2)
+    config.eval_data = config.data
+    with pytest.raises(TrainError, match="3 of the 3 held-out prompts .* are also in the training data"):
+        train(replace(config, eval_sequences=3), loaded=tiny_loaded(), progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 class Crash(Exception):
