@@ -71,8 +71,10 @@ def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: i
     return matches
 
 
-def replay(matches: Sequence[int], method: str, k: int, new_tokens: int, groups: int | None = None) -> list[int]:
-    """Accepted drafts per forward pass of greedy `method` decoding that yields `new_tokens` tokens.
+def replay(matches: Sequence[int], method: str, k: int, new_tokens: int,
+           groups: int | None = None) -> list[int | None]:
+    """Accepted drafts per forward pass of greedy `method` decoding that yields `new_tokens` tokens;
+    None for a pass that verified no drafts.
 
     matches[i]: match length of the chain after index prompt_len-1+i (see draft_matches), at the
     adapter's k ≥ this k. The first pass is the prefill (no drafts); a pass without drafts
@@ -81,15 +83,15 @@ def replay(matches: Sequence[int], method: str, k: int, new_tokens: int, groups:
     if method not in METHODS:
         raise ValueError(f"replay covers linear and quadratic decoding, not {method!r}")
     groups = k + 1 if groups is None else groups
-    accepted_per_pass = [0]
+    accepted_per_pass: list[int | None] = [None]
     produced, has_drafts = 1, True  # the prefill yields x_0 and a mask group after the prompt
     while produced < new_tokens:
         # The drafts on hand came from the group after the token before x_produced.
-        accepted = min(matches[produced - 1], k) if has_drafts else 0
-        accepted_per_pass.append(accepted)
         if has_drafts:
+            accepted = min(matches[produced - 1], k)
             has_drafts = accepted < groups if method == "quadratic" else accepted == k
         else:
-            has_drafts = True  # a draftless pass puts a group after its one token
-        produced += accepted + 1
+            accepted, has_drafts = None, True  # a draftless pass puts a group after its one token
+        accepted_per_pass.append(accepted)
+        produced += (accepted or 0) + 1
     return accepted_per_pass

@@ -64,9 +64,9 @@ class Settings:
     use_sampler: bool = True
     prompt_lookup_tokens: int = 10
     chat_template: bool = True
-    # τ of linear/quadratic at k = 1..max(k_list), with and without the sampler, replayed from one
-    # teacher-forced pass over each greedy output (mtp.acceptance).
-    tau_table: bool = False
+    # τ of linear/quadratic at k = 1..tau_table_k (0: no table), with and without the sampler,
+    # replayed from one teacher-forced pass over each greedy output (mtp.acceptance).
+    tau_table_k: int = 0
 
 
 def runs_of(settings: Settings) -> list[tuple[str, int | None]]:
@@ -217,7 +217,7 @@ def measure_prompt(model: MTPModel, record: PromptRecord, prompt_ids: list[int],
         if run["mismatch_at"] is None:
             del run["token_ids"]  # the baseline's tokens; kept only where they differ
         entry["runs"].append(run)
-    if settings.tau_table and baseline["token_ids"]:
+    if settings.tau_table_k and baseline["token_ids"]:
         bar.set_postfix_str(f"{record.domain} teacher-forced drafts")
         entry["draft_matches"] = acceptance.draft_matches(model, prompt_ids + baseline["token_ids"], len(prompt_ids))
     return entry
@@ -308,7 +308,7 @@ def summarize(results: list[dict], settings: Settings) -> dict:
         for stats in block["runs"].values():
             stats["speedup_vs_prompt_lookup"] = (
                 stats["tokens_per_second"] / lookup["tokens_per_second"] if lookup else None)
-        if settings.tau_table:
+        if settings.tau_table_k:
             block["tau_table"] = tau_table(entries, settings)
         summary[domain] = block
     return summary
@@ -326,7 +326,7 @@ def tau_table(entries: list[dict], settings: Settings) -> dict:
     and, per decoded linear/quadratic run, on how many prompts the replay gives its exact pass count."""
     tokens = sum(e["baseline"]["new_tokens"] for e in entries)
     table = {drafter: {method: [tokens / sum(_replayed_passes(e, drafter, method, k) for e in entries)
-                                for k in range(1, max(settings.k_list) + 1)]
+                                for k in range(1, settings.tau_table_k + 1)]
                        for method in acceptance.METHODS}
              for drafter in acceptance.DRAFTERS}
     drafter = acceptance.DRAFTERS[0] if settings.use_sampler else acceptance.DRAFTERS[1]
@@ -416,48 +416,33 @@ def cost_curve(model: MTPModel, k_list: tuple[int, ...], cache_tokens: int = 200
             "drafting_seconds": drafting}
 
 
-def _accepted_distribution(results: list[dict], method: str, k: int) -> list[int]:
-    """Accepted-draft counts of every step that verified k drafts, over all prompts."""
-    return [a for e in results for run in e["runs"] if (run["method"], run["k"]) == (method, k)
-            for a, p in zip(run["accept_counts"], run["proposed_counts"]) if p == k]
-
-
 def predict(results: list[dict], curve: dict, settings: Settings) -> list[dict]:
-    """Predicted tokens/s per (method, k, groups): measured acceptance × cost curve, best first.
+    """Predicted tokens/s per (method, k, groups), best first: each prompt's exact pass sequence,
+    replayed from its teacher-forced match lengths (mtp.acceptance), priced by the cost curve.
 
-    quadratic with g groups: a step that accepts a ≥ g drafts has no surviving mask group, so the
-    next pass is draftless (1 token + fresh drafts); the accepted count a itself does not depend on g.
-    linear: its own measured steps, each priced by its shape (with drafts or draftless).
+    A pass with drafts costs its shape's pass plus the draft chain; a draftless pass (linear after a
+    rejection, quadratic after accepting past its last group) costs the 1-token pass plus the chain.
+    The prefill is the same for every method and is not priced.
     """
-    candidates = []
-    ar = curve["step_seconds"][settings.k_list[0]]["autoregressive"]["seconds"]
-    candidates.append({"method": "autoregressive", "k": None, "groups": None, "tokens_per_step": 1.0,
-                       "predicted_tokens_per_second": 1.0 / ar})
-    for k in settings.k_list:
-        steps, draft_cost = curve["step_seconds"][k], curve["drafting_seconds"][k]
+    drafter = "sampler" if settings.use_sampler else "lm_head"
+    entries = [e for e in results if "draft_matches" in e]
+    tokens = sum(e["baseline"]["new_tokens"] - 1 for e in entries)
+    first = next(iter(curve["step_seconds"].values()))
+    candidates = [{"method": "autoregressive", "k": None, "groups": None, "tokens_per_step": 1.0,
+                   "predicted_tokens_per_second": 1.0 / first["autoregressive"]["seconds"]}]
+    for k, steps in curve["step_seconds"].items():
+        draft_cost = curve["drafting_seconds"][k]
         draftless = steps["draftless"]["seconds"] + draft_cost
-        if "linear" in settings.methods:
-            runs = [run for e in results for run in e["runs"] if (run["method"], run["k"]) == ("linear", k)]
-            counts = [p for run in runs for p in run["proposed_counts"][1:]]  # the prefill is not priced
-            tokens = sum(run["new_tokens"] for run in runs) - len(runs)
-            seconds = sum(steps["linear"]["seconds"] + draft_cost if p else draftless for p in counts)
-            if seconds > 0:
-                candidates.append({"method": "linear", "k": k, "groups": None,
-                                   "tokens_per_step": tokens / len(counts),
-                                   "predicted_tokens_per_second": tokens / seconds})
-        accepted = _accepted_distribution(results, "quadratic", k) if "quadratic" in settings.methods else []
-        if not accepted:
-            continue
-        for name, shape in steps.items():
-            if not name.startswith("quadratic"):
+        shapes = [("linear", None, steps["linear"]["seconds"])] + [
+            ("quadratic", g, steps[f"quadratic g={g}"]["seconds"]) for g in range(1, int(k) + 2)]
+        for method, groups, with_drafts in shapes:
+            passes = [a for e in entries for a in acceptance.replay(
+                e["draft_matches"][drafter], method, int(k), e["baseline"]["new_tokens"], groups)[1:]]
+            if not passes:
                 continue
-            g = int(name.split("=")[1])
-            full = shape["seconds"] + draft_cost
-            tokens = sum(a + 1 + (a >= g) for a in accepted)
-            passes = sum(1 + (a >= g) for a in accepted)
-            seconds = sum(full + (draftless if a >= g else 0.0) for a in accepted)
-            candidates.append({"method": "quadratic", "k": k, "groups": g, "tokens_per_step": tokens / passes,
-                               "predicted_tokens_per_second": tokens / seconds})
+            seconds = sum(with_drafts + draft_cost if a is not None else draftless for a in passes)
+            candidates.append({"method": method, "k": int(k), "groups": groups,
+                               "tokens_per_step": tokens / len(passes), "predicted_tokens_per_second": tokens / seconds})
     base = candidates[0]["predicted_tokens_per_second"]
     for candidate in candidates:
         candidate["predicted_speedup_vs_autoregressive"] = candidate["predicted_tokens_per_second"] / base
@@ -540,7 +525,7 @@ def markdown(report: dict) -> str:
     parts += ["", "Paper (Tulu3-8B, quadratic + sampler + LCM, DESIGN §6), for comparison:", "",
               _table(["benchmark"] + [f"k={k}" for k in PAPER_K],
                      [[name] + [f"{v:.2f}" for v in values] for name, values in PAPER_TAU.items()])]
-    if settings.get("tau_table"):
+    if settings.get("tau_table_k"):
         parts += _tau_table_markdown(summary, settings)
     names = list(summary["all"]["runs"])
     parts += ["", "## Tokens per second", ""]
@@ -568,7 +553,7 @@ def markdown(report: dict) -> str:
         parts.append(_table(["k", "pass", "input tokens", "pass ms", "drafting ms"], rows))
     ranked = report.get("predictions")
     if ranked:
-        parts += ["", "## Predicted best settings (cost curve × measured acceptance, all prompts)", ""]
+        parts += ["", "## Predicted best settings (cost curve × replayed passes, all prompts)", ""]
         parts.append(_table(["method", "k", "groups", "τ", "tokens/s", "vs autoregressive"],
                             [[c["method"], str(c["k"] or "–"), str(c["groups"] or "–"), _fmt(c["tokens_per_step"]),
                               _fmt(c["predicted_tokens_per_second"], 1),
@@ -586,7 +571,7 @@ def markdown(report: dict) -> str:
 def _tau_table_markdown(summary: dict, settings: dict) -> list[str]:
     """The teacher-forced τ tables (k = 1..K per method and drafter) and the replay check."""
     domains = list(summary)
-    ks = range(1, max(settings["k_list"]) + 1)
+    ks = range(1, settings["tau_table_k"] + 1)
     paper_cols = [f"paper k={k}" for k in PAPER_K]
     parts = ["", f"## τ at k = 1…{ks[-1]}, replayed from teacher-forced drafts", "",
              "One pass per prompt runs every mask group over the greedy output (`mtp.acceptance`); replaying "
@@ -616,15 +601,22 @@ def figures(report: dict) -> dict[str, go.Figure]:
     settings, summary = report["settings"], report["summary"]
     domains = list(summary)
     out = {}
-    methods = [m for m in ("linear", "quadratic") if m in settings["methods"]]
+    table_k = settings.get("tau_table_k", 0)
+    # τ vs k from the τ table (every k, replayed) when there is one, else from the decoded runs.
+    methods = list(acceptance.METHODS) if table_k else [m for m in acceptance.METHODS if m in settings["methods"]]
+    ks = list(range(1, table_k + 1)) if table_k else list(settings["k_list"])
+
+    def taus(domain: str, method: str) -> list[float]:
+        if table_k:
+            return summary[domain]["tau_table"]["tau"]["sampler"][method]
+        return [summary[domain]["runs"][run_name(method, k)]["tokens_per_step"] for k in ks]
     if methods:
         fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, shared_yaxes=True)
         for col, method in enumerate(methods, start=1):
             for i, domain in enumerate(domains):
                 fig.add_trace(go.Scatter(
-                    x=list(settings["k_list"]), mode="lines+markers", name=domain, legendgroup=domain,
-                    showlegend=col == 1, line={"color": _color(i), "dash": "dot" if domain == "all" else None},
-                    y=[summary[domain]["runs"][run_name(method, k)]["tokens_per_step"] for k in settings["k_list"]]),
+                    x=ks, y=taus(domain, method), mode="lines+markers", name=domain, legendgroup=domain,
+                    showlegend=col == 1, line={"color": _color(i), "dash": "dot" if domain == "all" else None}),
                     row=1, col=col)
             fig.update_xaxes(title_text="k (masks)", row=1, col=col)
         fig.update_yaxes(title_text="τ (tokens per forward pass)", row=1, col=1)
@@ -716,7 +708,10 @@ def benchmark(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: list
                             header=header, done=done)
     report.update(prompts=results, summary=summarize(results, settings), mismatches=mismatches(results))
     if with_cost_curve:
-        curve = cost_curve(model, settings.k_list, repeats=curve_repeats, use_sampler=settings.use_sampler)
+        if not settings.tau_table_k:
+            raise ValueError("the cost curve's predictions replay the τ table: set tau_table_k")
+        curve = cost_curve(model, tuple(range(1, settings.tau_table_k + 1)), repeats=curve_repeats,
+                           use_sampler=settings.use_sampler)
         ranked = predict(results, curve, settings)
         report.update(cost_curve=curve, predictions=ranked)
         # `mtp generate` runs MTP decoding, so its default is the fastest MTP setting even where
@@ -732,7 +727,7 @@ def benchmark(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: list
                 "machine": machine.get("gpu", machine["cpu"]), "torch_threads": machine["torch_threads"],
                 "model": model_name, "checkpoint": checkpoint, "use_sampler": settings.use_sampler,
                 "prompts": len(records), "created": report["created"], "command": command,
-                "basis": "cost curve (warm cache) x accepted-draft counts measured by this benchmark",
+                "basis": "cost curve (warm cache) x each prompt's pass sequence replayed from teacher-forced drafts",
             }
     report["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     return report

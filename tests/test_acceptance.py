@@ -11,20 +11,20 @@ from mtp.decoding import generate
 
 def test_replay_by_hand():
     # No draft ever matches: one token per pass (the prefill included).
-    assert replay([0] * 10, "quadratic", 4, 6) == [0] * 6
-    assert replay([0] * 10, "linear", 4, 6) == [0] * 6
+    assert replay([0] * 10, "quadratic", 4, 6) == [None] + [0] * 5  # the prefill verifies no drafts
+    assert replay([0] * 10, "linear", 4, 6) == [None, 0, None, 0, None, 0]  # a rejection leaves no drafts
     # Every draft matches: k accepted + 1 bonus per pass after the prefill.
-    assert replay([9] * 20, "quadratic", 4, 11) == [0, 4, 4]
-    assert replay([9] * 20, "linear", 4, 11) == [0, 4, 4]
+    assert replay([9] * 20, "quadratic", 4, 11) == [None, 4, 4]
+    assert replay([9] * 20, "linear", 4, 11) == [None, 4, 4]
     # Accepting past the last quadratic group leaves no drafts: the next pass yields one token.
-    assert replay([9] * 20, "quadratic", 4, 11, groups=2) == [0, 4, 0, 4]
+    assert replay([9] * 20, "quadratic", 4, 11, groups=2) == [None, 4, None, 4]
     # Linear keeps drafts only when all k are accepted; a partial accept costs a draftless pass.
     # The pass that starts after `produced` tokens reads matches[produced - 1].
     matches = [2, 0, 0, 3, 3, 0, 0, 0, 0, 0]
-    assert replay(matches, "linear", 4, 10) == [0, 2, 0, 3, 0]  # reads 0, -, 4, -
-    assert replay(matches, "quadratic", 4, 10) == [0, 2, 3, 0, 0]  # reads 0, 3, 7, 8
+    assert replay(matches, "linear", 4, 10) == [None, 2, None, 3, None]  # reads 0, -, 4, -
+    assert replay(matches, "quadratic", 4, 10) == [None, 2, 3, 0, 0]  # reads 0, 3, 7, 8
     # k caps the accepted count; matches beyond the adapter's k cannot occur but are capped too.
-    assert replay([3] * 10, "quadratic", 1, 5) == [0, 1, 1]
+    assert replay([3] * 10, "quadratic", 1, 5) == [None, 1, 1]
     with pytest.raises(ValueError, match="replay covers linear and quadratic"):
         replay([0], "autoregressive", 1, 2)
 
@@ -53,7 +53,8 @@ def test_replay_equals_decoding(use_sampler: bool) -> None:
             replayed = replay(drafter, method, k, len(reference), groups)
             assert len(replayed) == trace.forward_passes, (seed, method, k, groups)
             # Only the last pass may differ: decoding counts drafts accepted past the token budget.
-            assert replayed[:-1] == trace.accept_counts[:-1]
+            assert [a or 0 for a in replayed[:-1]] == trace.accept_counts[:-1]
+            assert [a is not None for a in replayed] == [bool(step.drafts) for step in trace.steps]
             accepted_total += sum(trace.accept_counts)
     assert accepted_total > 20  # the comparison is not all zeros
 

@@ -93,7 +93,8 @@ def test_bench_end_to_end(tiny, tmp_path):
     assert len(quad["per_offset_acceptance"]) == 4 and all(0 <= r <= 1 for r in quad["per_offset_acceptance"])
     assert quad["tokens_per_step"] == pytest.approx(quad["new_tokens"] / quad["steps"])
     curve = report["cost_curve"]
-    assert set(curve["step_seconds"]) == {"1", "2", "4"}
+    assert set(curve["step_seconds"]) == {"1", "2", "3", "4"}  # every k of the τ table --cost-curve implies
+    assert all("draft_matches" in e for e in report["prompts"])
     assert curve["step_seconds"]["4"]["quadratic g=5"]["input_length"] == 25  # (k+1)^2
     assert curve["step_seconds"]["4"]["linear"]["input_length"] == 9  # 2k+1
     assert all(s > 0 for s in curve["backbone_seconds"].values())
@@ -145,25 +146,29 @@ def test_first_mismatch():
     assert bench.first_mismatch([1, 2], [1, 2, 3]) == 2
 
 
-def test_predict_prices_groups_from_acceptance():
-    """Quadratic k=2 accepted 2 then 0 drafts. With g=1 the first step has no surviving group, so a
-    draftless pass (1 token) follows it: 3+1+1 tokens in full+draftless+full seconds."""
-    settings = bench.Settings(methods=("autoregressive", "quadratic"), k_list=(2,))
-    runs = [{"method": "autoregressive", "k": None},
-            {"method": "quadratic", "k": 2, "accept_counts": [0, 2, 0], "proposed_counts": [0, 2, 2]}]
-    results = [{"runs": runs}]
+def test_predict_prices_replayed_passes():
+    """Match lengths 2, 0, 0, ... on 6 new tokens, k=2 (5 priced: the prefill yields the first).
+    quadratic g=3: passes accepting 2, 0, 0 (each with drafts). g=1: accepting 2 leaves no group, so
+    a draftless pass follows, then one with drafts. linear: 2 (= all k), 0, then a draftless pass."""
+    settings = bench.Settings(methods=(), k_list=(2,), tau_table_k=2)
+    results = [{"baseline": {"new_tokens": 6}, "draft_matches": {"sampler": [2, 0, 0, 0, 0, 0], "lm_head": [0] * 6}},
+               {"baseline": {"new_tokens": 0}, "runs": []}]  # nothing generated: nothing to replay
     curve = {"step_seconds": {2: {"autoregressive": {"seconds": 0.1}, "draftless": {"seconds": 0.12},
-                                  "quadratic g=1": {"seconds": 0.15}, "quadratic g=3": {"seconds": 0.2}}},
+                                  "linear": {"seconds": 0.14}, "quadratic g=1": {"seconds": 0.15},
+                                  "quadratic g=2": {"seconds": 0.18}, "quadratic g=3": {"seconds": 0.2}}},
              "drafting_seconds": {2: 0.01}}
     ranked = {(c["method"], c["groups"]): c for c in bench.predict(results, curve, settings)}
     assert ranked[("autoregressive", None)]["predicted_tokens_per_second"] == pytest.approx(10.0)
-    g1 = ranked[("quadratic", 1)]
-    assert g1["tokens_per_step"] == pytest.approx(5 / 3)
-    assert g1["predicted_tokens_per_second"] == pytest.approx(5 / (0.16 + 0.13 + 0.16))
     g3 = ranked[("quadratic", 3)]
-    assert g3["tokens_per_step"] == pytest.approx(4 / 2)
-    assert g3["predicted_tokens_per_second"] == pytest.approx(4 / 0.42)
-    assert g3["predicted_speedup_vs_autoregressive"] == pytest.approx(4 / 0.42 / 10.0)
+    assert g3["tokens_per_step"] == pytest.approx(5 / 3)
+    assert g3["predicted_tokens_per_second"] == pytest.approx(5 / (3 * 0.21))
+    assert g3["predicted_speedup_vs_autoregressive"] == pytest.approx(5 / 0.63 / 10.0)
+    g1 = ranked[("quadratic", 1)]
+    assert g1["predicted_tokens_per_second"] == pytest.approx(5 / (0.16 + 0.13 + 0.16))
+    linear = ranked[("linear", None)]
+    assert linear["predicted_tokens_per_second"] == pytest.approx(5 / (0.15 + 0.15 + 0.13))
+    no_sampler = bench.predict(results, curve, bench.Settings(methods=(), k_list=(2,), tau_table_k=2, use_sampler=False))
+    assert {c["tokens_per_step"] for c in no_sampler} == {1.0}
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -176,7 +181,6 @@ def test_predict_prices_groups_from_acceptance():
     (["--methods", "linear", "--groups", "2"], "--groups applies to the quadratic"),
     (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
     (["--save-defaults"], "--save-defaults needs --cost-curve"),
-    (["--cost-curve", "--save-defaults", "--methods", "autoregressive"], "linear or quadratic"),
 ])
 def test_bad_input_exits_2(tiny, tmp_path, capsys, extra, message):
     assert main(bench_args(tiny, tmp_path / "out", *extra)) == 2
@@ -194,7 +198,7 @@ def test_tau_table(tiny, tmp_path):
     for drafter in ("sampler", "lm_head"):
         for method in ("linear", "quadratic"):
             taus = table["tau"][drafter][method]
-            assert len(taus) == 3 and all(1.0 <= t <= k + 1 for k, t in enumerate(taus, start=1))
+            assert len(taus) == 4 and all(1.0 <= t <= k + 1 for k, t in enumerate(taus, start=1))  # k=1..4
     # The replayed τ is the decoded τ wherever both exist.
     for method in ("linear", "quadratic"):
         for k in (1, 3):
@@ -202,14 +206,15 @@ def test_tau_table(tiny, tmp_path):
                 report["summary"]["all"]["runs"][f"{method} k={k}"]["tokens_per_step"])
     assert all(a["same_passes"] == a["prompts"] == 3 for a in table["replay_agreement"].values())
     markdown = (out / "results.md").read_text()
-    assert "replayed from teacher-forced drafts" in markdown and "| domain | k=1 | k=2 | k=3 |" in markdown
+    assert "replayed from teacher-forced drafts" in markdown and "| domain | k=1 | k=2 | k=3 | k=4 |" in markdown
     assert "paper k=8" in markdown and "Replay vs decoding" in markdown
     # Only the baseline and the table: the cheap way to get τ for every k.
     out2 = tmp_path / "out2"
     assert main(bench_args(tiny, out2, "--limit", "1", "--k-list", "2", "--max-new-tokens", "6", "--methods", "none",
                            "--tau-table")) == 0
     report = json.loads((out2 / "bench.json").read_text())
-    assert report["prompts"][0]["runs"] == [] and len(report["summary"]["all"]["tau_table"]["tau"]["sampler"]["quadratic"]) == 2
+    assert (out2 / "tau_vs_k.html").exists()  # drawn from the table: no decoded run needed
+    assert report["prompts"][0]["runs"] == [] and len(report["summary"]["all"]["tau_table"]["tau"]["sampler"]["quadratic"]) == 4
 
 
 def test_methods_none_needs_tau_table(tiny, tmp_path, capsys):

@@ -32,11 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompt lookup's prompt_lookup_num_tokens (default 10)")
     parser.add_argument("--no-chat-template", action="store_true", help="feed prompts raw, without the chat template")
     parser.add_argument("--tau-table", action="store_true",
-                        help="also τ of linear and quadratic at every k up to max(--k-list), with and without the "
+                        help="also τ of linear and quadratic at every k up to the checkpoint's, with and without the "
                              "sampler, replayed from one teacher-forced pass over each greedy output (exact for "
                              "greedy decoding; checked against the decoded runs)")
     parser.add_argument("--cost-curve", action="store_true",
-                        help="also time forward passes vs input length and write the best defaults for this device")
+                        help="also time forward passes vs input length and predict the fastest setting for this "
+                             "device from them and the τ table (implies --tau-table)")
     parser.add_argument("--save-defaults", action="store_true",
                         help="with --cost-curve: store the fastest MTP setting as this device's default in the "
                              "checkpoint's decoding_defaults.json (what `mtp generate` then uses)")
@@ -75,7 +76,7 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from .. import bench  # torch / transformers: imported only once the arguments are read
-    from ..config import DEFAULTS_FIELDS, DEFAULTS_METHODS, CheckpointError, write_decoding_defaults
+    from ..config import DEFAULTS_FIELDS, CheckpointError, write_decoding_defaults
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if methods == ("none",):
@@ -95,8 +96,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--groups applies to the quadratic method, which is not in --methods")
     if args.save_defaults and not args.cost_curve:
         raise UsageError("--save-defaults needs --cost-curve: the defaults are predicted from the measured cost curve")
-    if args.save_defaults and not set(DEFAULTS_METHODS) & set(methods):
-        raise UsageError("--save-defaults needs linear or quadratic in --methods: the defaults are an MTP setting")
     missing = [p for p in args.prompts if not Path(p).is_file()]
     if missing:
         raise UsageError(f"prompt file(s) not found: {', '.join(missing)}")
@@ -136,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     settings = bench.Settings(methods=methods, k_list=k_list, max_new_tokens=args.max_new_tokens,
                               groups=args.groups, use_sampler=not args.no_sampler,
                               prompt_lookup_tokens=args.prompt_lookup_tokens, chat_template=not args.no_chat_template,
-                              tau_table=args.tau_table)
+                              tau_table_k=model.k if args.tau_table or args.cost_curve else 0)
     domains = sorted({r.domain for r in records})
     log.info("%d prompts (%s), runs per prompt: %s", len(records), ", ".join(domains),
              ", ".join(bench.run_name(m, k) for m, k in bench.runs_of(settings)))
