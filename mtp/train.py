@@ -92,7 +92,7 @@ class TrainConfig:
     # bookkeeping
     save_every: int = 100
     eval_data: str = ""  # held-out distilled JSONL ("": no evaluation); never the data trained on
-    eval_every: int = 0  # steps between held-out evaluations (0: only at the end)
+    eval_every: int = 0  # steps between held-out evaluations (0: only at the last step)
     eval_sequences: int = 32  # the first N held-out sequences are evaluated
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0: torch's default
@@ -543,7 +543,8 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None,
                 if on_log is not None:
                     on_log(record)
             last = step == config.steps or stop
-            if heldout and (last or (config.eval_every and step % config.eval_every == 0)):
+            # Not on a stop: a run trained in interrupted chunks would pay an evaluation per chunk.
+            if heldout and (step == config.steps or (config.eval_every and step % config.eval_every == 0)):
                 accelerator.wait_for_everyone()
                 if main:
                     result = {"step": step, **heldout_tau(accelerator.unwrap_model(step_module).model, heldout,
