@@ -35,6 +35,9 @@ class Gate:
     """Where one forward call opens the LoRA update, computed once per call (not once per layer:
     210 adapted layers on SmolLM2 made per-layer gate bookkeeping cost more than the LoRA itself)."""
     rows: torch.Tensor | None  # flat (batch * seq) indices of open positions; None = open everywhere
+    # Flat index from which every position is open and none before it, else None. Decoding puts all
+    # masks after the tokens, so its update is a slice (a view) instead of a gather and a scatter.
+    start: int | None = None
 
     @staticmethod
     def of(open_positions: torch.Tensor) -> "Gate | None":
@@ -43,7 +46,10 @@ class Gate:
             return None
         if bool(open_positions.all()):
             return Gate(rows=None)
-        return Gate(rows=open_positions.reshape(-1).nonzero().squeeze(1))
+        rows = open_positions.reshape(-1).nonzero().squeeze(1)
+        first = int(rows[0])
+        return Gate(rows=rows, start=first if int(rows[-1]) - first + 1 == len(rows) == open_positions.numel() - first
+                    else None)
 
 
 # The gate of the forward call running in this thread / asyncio task. None: closed everywhere.
@@ -58,18 +64,26 @@ class GatedLoraLinear(LoraLinear):
         gate = _GATE.get()
         if gate is None or self.disable_adapters or self.merged:
             return result
-        # LoRA cost only where it is used: gather the open rows (all rows in a mask-only training pass).
-        rows = x if gate.rows is None else x.reshape(-1, x.shape[-1]).index_select(0, gate.rows)
+        # LoRA cost only where it is used: the open rows (all rows in a mask-only training pass).
+        flat = x.reshape(-1, x.shape[-1])
+        if gate.rows is None:
+            rows = x
+        elif gate.start is not None:
+            rows = flat[gate.start:]
+        else:
+            rows = flat.index_select(0, gate.rows)
         for name in self.active_adapters:
             if name not in self.lora_A:
                 continue
             lora_a, lora_b = self.lora_A[name], self.lora_B[name]
             delta = lora_b(lora_a(self.lora_dropout[name](rows.to(lora_a.weight.dtype)))).to(result.dtype)
             scale = self.scaling[name]  # applied by the add itself: one op fewer in each of the adapted layers
+            # Closed-gate rows are never written: real-token outputs stay bit-identical to the base model.
             if gate.rows is None:
                 result = torch.add(result, delta, alpha=scale)
+            elif gate.start is not None:
+                result.view(-1, result.shape[-1])[gate.start:].add_(delta, alpha=scale)  # in place: a view
             else:
-                # Closed-gate rows are never written: real-token outputs stay bit-identical to the base model.
                 result = result.reshape(-1, result.shape[-1]).index_add(0, gate.rows, delta, alpha=scale).view_as(result)
         return result
 

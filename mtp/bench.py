@@ -35,7 +35,6 @@ from . import acceptance, decoding
 from .adapter import MTPModel
 from .config import DEFAULTS_METHODS, write_atomic
 from .data import PromptRecord
-from .layouts import step_layout
 from .models import encode_prompt
 
 METHODS = ("autoregressive", "linear", "quadratic", "prompt_lookup")
@@ -375,8 +374,9 @@ def cost_curve(model: MTPModel, k_list: tuple[int, ...], cache_tokens: int = 200
     """Seconds (median of `repeats`) of one pass on a warm cache of `cache_tokens` real tokens.
 
     backbone: plain causal passes of L real tokens (no logits). lm_head: vocabulary logits for R rows.
-    steps: the exact passes decoding makes per (k, shape), vocabulary logits for the verified rows
-    included; drafting: the k-draft chain from one mask group (sampler, or lm_head rows without it).
+    steps: decoding.verify's passes per (k, shape), vocabulary logits of the verified rows and of the
+    surviving mask group included; drafting: the k-draft chain from one group's hidden states and
+    logits (the sampler's scoring, or the argmax without it).
     """
     device = model.mask_embeddings.device
     vocab = model.base.get_output_embeddings().weight.shape[0]
@@ -385,32 +385,38 @@ def cost_curve(model: MTPModel, k_list: tuple[int, ...], cache_tokens: int = 200
     cache = DynamicCache(config=model.base.config)
     model(prefix, torch.arange(cache_tokens, device=device)[None], past_key_values=cache, use_cache=True)
 
-    def timed_pass(tokens: list[int], anchors: list[int], k: int, logits_rows: int) -> float:
-        layout = step_layout(tokens, cache_tokens, k, anchors)
-        ids, positions = layout.input_ids[None].to(device), layout.position_ids[None].to(device)
-        attention = layout.attention[None].to(device) if anchors else None
-        rows = None if logits_rows == 0 else torch.arange(logits_rows, device=device)
+    greedy = decoding.Sampling(0.0, None, None, 0, device)
 
+    def timed_pass(tokens: list[int], anchors: list[int], k: int) -> float:
+        """decoding.verify itself, on random drafts (so group 0 survives, its logits included)."""
         def one() -> None:
-            model(ids, positions, attention_mask=attention, past_key_values=cache, use_cache=True, logits_for=rows)
-            cache.crop(-len(layout.input_ids))
+            decoding.verify(model, cache, cache_tokens, tokens, tokens[1:], None, anchors, k, greedy)
+            cache.crop(cache_tokens - cache.get_seq_length())
         return _median_seconds(one, repeats, device)
 
     def tokens(n: int) -> list[int]:
         return torch.randint(0, vocab, (n,), generator=generator).tolist()
 
-    backbone = {n: timed_pass(tokens(n), [], 1, 0) for n in lengths}
+    def timed_backbone(n: int) -> float:
+        ids, positions = torch.tensor([tokens(n)], device=device), torch.arange(cache_tokens, cache_tokens + n, device=device)
+
+        def one() -> None:
+            model(ids, positions[None], past_key_values=cache, use_cache=True)
+            cache.crop(-n)
+        return _median_seconds(one, repeats, device)
+
+    backbone = {n: timed_backbone(n) for n in lengths}
     hidden = torch.randn(1, max(lm_head_rows), model.base.config.hidden_size, generator=generator).to(device)
     lm_head = {r: _median_seconds(lambda r=r: model.lm_logits(hidden[:, :r]), repeats, device) for r in lm_head_rows}
     steps, drafting = {}, {}
     for k in k_list:
         steps[k] = {}
         for name, (n, anchors) in _step_shapes(k, None).items():
-            steps[k][name] = {"input_length": n + len(anchors) * k,
-                              "seconds": timed_pass(tokens(n), anchors, k, n)}
-        sampling = decoding.Sampling(0.0, None, None, 0, device)
+            steps[k][name] = {"input_length": n + len(anchors) * k, "seconds": timed_pass(tokens(n), anchors, k)}
+        logits = model.lm_logits(hidden[0, :k])
         drafting[k] = _median_seconds(
-            lambda k=k: decoding.draft(model, hidden[0, :k], 0, sampling, use_sampler), repeats, device)
+            lambda k=k, logits=logits: decoding.draft(model, hidden[0, :k], logits, 0, greedy, use_sampler),
+            repeats, device)
     return {"cache_tokens": cache_tokens, "repeats": repeats, "use_sampler": use_sampler,
             "backbone_seconds": backbone, "lm_head_seconds": lm_head, "step_seconds": steps,
             "drafting_seconds": drafting}
@@ -546,7 +552,8 @@ def markdown(report: dict) -> str:
                              [["backbone ms"] + [f"{1e3 * s:.1f}" for s in curve["backbone_seconds"].values()]]),
                   "", _table(["lm_head rows"] + [str(r) for r in curve["lm_head_seconds"]],
                              [["ms"] + [f"{1e3 * s:.1f}" for s in curve["lm_head_seconds"].values()]]),
-                  "", "Decoding passes as `decoding.verify` makes them (verified logits included) + drafting:", ""]
+                  "", "Decoding passes as `decoding.verify` makes them (logits of the verified rows and the surviving "
+                  "mask group included) + drafting (the draft chain on those logits):", ""]
         rows = [[str(k), name, str(v["input_length"]), f"{1e3 * v['seconds']:.1f}",
                  f"{1e3 * curve['drafting_seconds'][k]:.1f}"]
                 for k, shapes in curve["step_seconds"].items() for name, v in shapes.items()]

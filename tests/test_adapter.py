@@ -58,6 +58,26 @@ def test_masks_and_lora_change_mask_outputs(tiny_family):
     assert (trained - closed).abs().max().item() > 1e-3
 
 
+def test_gate_slices_a_mask_suffix_and_gathers_otherwise(tiny_family, monkeypatch):
+    suffix = adapter.Gate.of(torch.tensor([[False, False, True, True]]))
+    assert suffix.start == 2 and suffix.rows.tolist() == [2, 3]
+    assert adapter.Gate.of(torch.tensor([[False, True, False, True]])).start is None
+    assert adapter.Gate.of(torch.tensor([[True, True, False, False]])).start is None  # not to the end
+    assert adapter.Gate.of(torch.tensor([[False, True], [True, True]])).start == 1  # flat over the batch
+    assert adapter.Gate.of(torch.tensor([[True, True]])).rows is None
+    assert adapter.Gate.of(torch.tensor([[False, False]])) is None
+    # Decoding's layout (masks after the tokens) takes the slice; the gathered path gives the same bits.
+    model = make(tiny_family)
+    layout = step_layout([5, 9, 17, 33, 40], 0, 4, [2, 4])
+    args = (layout.input_ids[None], layout.position_ids[None], layout.attention[None])
+    sliced = model(*args).hidden
+    monkeypatch.setattr(adapter.Gate, "of", staticmethod(
+        lambda open_positions: adapter.Gate(rows=open_positions.reshape(-1).nonzero().squeeze(1))))
+    gathered = model(*args).hidden
+    assert torch.equal(sliced, gathered)
+    assert not torch.equal(sliced, model(*args, gate=False).hidden)
+
+
 def test_smollm2_lossless(smollm2):
     model = adapter.create(smollm2.model, smollm2.identity, k=4, lora_rank=8)
     randomize_lora(model, std=0.05)

@@ -59,6 +59,22 @@ def test_greedy_identity_groups_and_no_sampler() -> None:
         assert generate(model, prompt, method=method, k=4, use_sampler=False, max_new_tokens=30).token_ids == reference
 
 
+def test_group_logits_merged_into_the_verify_call_or_not_draft_alike(monkeypatch) -> None:
+    """verify computes the mask groups' logits with the verified rows while they are few; drafting
+    from them or from a separate lm_head call on the surviving group proposes the same drafts."""
+    model = tiny_mtp("llama", seed=3, k=6, vocab=6, lora_std=0.5)  # small vocabulary: drafts accepted often
+    prompt = random_prompt(2, 7, 6)
+    runs = {}
+    for max_rows in (decoding.MERGED_LOGITS_MAX_ROWS, 0):
+        monkeypatch.setattr(decoding, "MERGED_LOGITS_MAX_ROWS", max_rows)
+        runs[max_rows] = [generate(model, prompt, method=method, k=k, max_new_tokens=30)
+                          for method in ("linear", "quadratic") for k in (2, 6)]
+    merged, separate = runs.values()
+    for a, b in zip(merged, separate):
+        assert a.token_ids == b.token_ids and [s.drafts for s in a.steps] == [s.drafts for s in b.steps]
+    assert sum(sum(t.accept_counts) for t in merged) > 10
+
+
 @pytest.mark.parametrize("method", ["linear", "quadratic"])
 @pytest.mark.parametrize("k", [1, 3, 8])
 def test_oracle_true_drafts_accept_everything(method: str, k: int) -> None:
