@@ -66,12 +66,15 @@ def _prompt_of(obj: dict) -> str | None:
 
 
 def read_prompts(path: str | Path) -> list[PromptRecord]:
-    """Prompt records from one file; bad lines are logged as file:line and skipped."""
+    """Prompt records from one file (JSONL or a JSON array, optionally gzipped: a distilled data file
+    is a prompt file too); bad lines are logged as file:line and skipped."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"prompt file {path} does not exist")
     default_domain = _domain_for(path)
-    text = path.read_text(encoding="utf-8", errors="replace")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+        text = handle.read()
     entries: list[tuple[int, object]] = []
     if path.suffix == ".json" or text.lstrip().startswith("["):
         try:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 
 import pytest
 
 from mtp.__main__ import main as cli
+from mtp.data import read_prompts
 from tests.train_helpers import tiny_model_dir
 
 
@@ -69,3 +71,11 @@ def test_bad_arguments(tmp_path, model_dir, capsys):
     assert distill(model_dir, prompt_file(tmp_path), tmp_path / "o.jsonl", "--per-domain", "math:3") == 2
     assert "--per-domain expects DOMAIN=N" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_gzipped_prompt_files_are_read(tmp_path):
+    plain = prompt_file(tmp_path)
+    packed = tmp_path / "prompts.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert [(r.prompt, r.domain) for r in read_prompts(packed)] == [(r.prompt, r.domain) for r in read_prompts(plain)]
+    assert len(read_prompts(packed)) == 4
