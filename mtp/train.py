@@ -488,8 +488,9 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None,
         out.mkdir(parents=True, exist_ok=True)
         # Drop log records past the resumed step (steps taken after the last checkpoint).
         for path in (log_path, out / EVAL_LOG_FILE):
-            kept = [r for r in read_log(path) if r["step"] <= start]
-            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            if path == log_path or path.exists():
+                kept = [r for r in read_log(path) if r["step"] <= start]
+                path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     per_step = config.batch_size * config.grad_accum * accelerator.num_processes
     orders: dict[int, list[int]] = {}
 
