@@ -81,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if methods == ("none",):
         methods = ()
-        if not args.tau_table:
-            raise UsageError("--methods none measures nothing but the baseline: add --tau-table, or name methods")
+        if not (args.tau_table or args.cost_curve):
+            raise UsageError("--methods none measures nothing but the baseline: add --tau-table (or --cost-curve), "
+                             "or name methods")
     unknown = [m for m in methods if m not in bench.METHODS]
     if unknown or (not methods and args.methods.strip() != "none"):
         raise UsageError(f"unknown method(s) {unknown or [args.methods]}: choose from {', '.join(bench.METHODS)}, "
