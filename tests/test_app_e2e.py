@@ -49,9 +49,9 @@ def set_number(page: Page, slider: str, value) -> None:
     page.wait_for_function(f"document.querySelector('{slider} input[type=range]').value == '{value}'")
 
 
-def open_tab(page: Page, name: str) -> None:
+def open_tab(page: Page, name: str, prompt: str = PROMPT) -> None:
     page.get_by_role("tab", name=name).click()
-    page.fill("#prompt textarea", PROMPT)
+    page.fill("#prompt textarea", prompt)
 
 
 def shot(page: Page, name: str) -> None:
@@ -99,7 +99,9 @@ def test_future_heatmap(page: Page):
 
 
 def test_accepted_vs_rejected(page: Page):
-    open_tab(page, "Accepted vs rejected")
+    # Open-ended text: the trained checkpoint accepts every draft of the factorial code at k=4, and
+    # this tab must show rejections too.
+    open_tab(page, "Accepted vs rejected", "Tell me a short story about a dragon who loves tea.")
     page.click("#gen-run")
     status = wait_text(page, "#gen-html .mtp-status", r"step (\d+) of \1 ")
     steps, tokens = map(int, re.search(r"step (\d+) of \d+ · (\d+) tokens", status).groups())
