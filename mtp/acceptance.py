@@ -19,7 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from .adapter import MTPModel
-from .decoding import DRAFT_CANDIDATES
+from .decoding import draft_candidates, greedy_sampler_drafts
 from .layouts import mask_blocks_layout
 
 DRAFTERS = ("sampler", "lm_head")
@@ -36,8 +36,7 @@ def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: i
     """Match lengths of the k-draft chains after each index a = prompt_len-1 .. len(ids)-2.
 
     Returns {"sampler": [...], "lm_head": [...]} (lm_head: argmax at each mask, the no-sampler
-    ablation; sampler: the greedy chain over the top DRAFT_CANDIDATES of each mask's lm_head row,
-    as decoding.draft). Entry i belongs to anchor prompt_len-1+i; drafts past the sequence's end
+    ablation; sampler: the greedy chain, picked as decoding.draft picks it). Entry i belongs to anchor prompt_len-1+i; drafts past the sequence's end
     count as not matching.
     """
     if not 1 <= prompt_len < len(ids):
@@ -64,9 +63,8 @@ def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: i
         if model.sampler is None:
             matches["sampler"] += matches["lm_head"][-len(part):]
             continue
-        candidates = logits.topk(min(DRAFT_CANDIDATES, logits.shape[-1]), dim=-1).indices.flatten(0, 1)
-        scores = model.sampler_logits(hidden.flatten(0, 1), previous.flatten(), candidates)
-        chosen = candidates.gather(1, scores.argmax(-1, keepdim=True)).reshape(len(part), k)
+        chosen = greedy_sampler_drafts(model, hidden.flatten(0, 1), draft_candidates(logits.flatten(0, 1)),
+                                       previous.flatten()).reshape(len(part), k)
         matches["sampler"] += _leading_matches(chosen == labels)
     return matches
 
@@ -95,3 +93,10 @@ def replay(matches: Sequence[int], method: str, k: int, new_tokens: int,
         accepted_per_pass.append(accepted)
         produced += (accepted or 0) + 1
     return accepted_per_pass
+
+
+def tokens_per_step(matches: Sequence[Sequence[int]], new_tokens: Sequence[int], method: str, k: int,
+                    groups: int | None = None) -> float:
+    """τ over several sequences: Σ new tokens ÷ Σ replayed passes (each sequence's prefill included)."""
+    passes = sum(len(replay(m, method, k, n, groups)) for m, n in zip(matches, new_tokens))
+    return sum(new_tokens) / passes

@@ -313,19 +313,16 @@ def summarize(results: list[dict], settings: Settings) -> dict:
     return summary
 
 
-def _replayed_passes(entry: dict, drafter: str, method: str, k: int, groups: int | None = None) -> int:
-    new_tokens = entry["baseline"]["new_tokens"]
-    if "draft_matches" not in entry:  # no generated token: the one prefill pass
-        return 1
-    return len(acceptance.replay(entry["draft_matches"][drafter], method, k, new_tokens, groups))
+def _replayed(entries: list[dict], drafter: str, method: str, k: int, groups: int | None = None) -> float:
+    # A prompt that generated nothing has no draft matches: its one pass is the prefill.
+    return acceptance.tokens_per_step([e.get("draft_matches", {}).get(drafter, []) for e in entries],
+                                      [e["baseline"]["new_tokens"] for e in entries], method, k, groups)
 
 
 def tau_table(entries: list[dict], settings: Settings) -> dict:
-    """{drafter: {method: [τ at k = 1..max(k_list)]}} replayed from the teacher-forced match lengths,
+    """{drafter: {method: [τ at k = 1..tau_table_k]}} replayed from the teacher-forced match lengths,
     and, per decoded linear/quadratic run, on how many prompts the replay gives its exact pass count."""
-    tokens = sum(e["baseline"]["new_tokens"] for e in entries)
-    table = {drafter: {method: [tokens / sum(_replayed_passes(e, drafter, method, k) for e in entries)
-                                for k in range(1, settings.tau_table_k + 1)]
+    table = {drafter: {method: [_replayed(entries, drafter, method, k) for k in range(1, settings.tau_table_k + 1)]
                        for method in acceptance.METHODS}
              for drafter in acceptance.DRAFTERS}
     drafter = acceptance.DRAFTERS[0] if settings.use_sampler else acceptance.DRAFTERS[1]
@@ -334,7 +331,9 @@ def tau_table(entries: list[dict], settings: Settings) -> dict:
         if method not in acceptance.METHODS:
             continue
         groups = min(settings.groups, k + 1) if method == "quadratic" and settings.groups else None
-        pairs = [(run["steps"], _replayed_passes(e, drafter, method, k, groups))
+        # One prompt's replayed τ equals its decoded τ exactly when the pass counts are equal.
+        pairs = [(run["steps"], len(acceptance.replay(e.get("draft_matches", {}).get(drafter, []), method, k,
+                                                      e["baseline"]["new_tokens"], groups)))
                  for e in entries for run in e["runs"] if (run["method"], run["k"]) == (method, k)]
         agreement[run_name(method, k)] = {"prompts": len(pairs), "same_passes": sum(a == b for a, b in pairs)}
     return {"tau": table, "replay_agreement": agreement}

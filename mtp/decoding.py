@@ -147,6 +147,18 @@ def verify(model: MTPModel, cache: DynamicCache, cached: int, tokens: Sequence[i
 DRAFT_CANDIDATES = 64
 
 
+def draft_candidates(mask_logits: torch.Tensor) -> torch.Tensor:
+    """(n, V) lm_head logits of masks -> (n, C) token ids the sampler scores for each."""
+    return mask_logits.topk(min(DRAFT_CANDIDATES, mask_logits.shape[-1]), dim=-1).indices
+
+
+def greedy_sampler_drafts(model: MTPModel, mask_hidden: torch.Tensor, candidates: torch.Tensor,
+                          prev_ids: torch.Tensor) -> torch.Tensor:
+    """(n,) the sampler's greedy pick among each row's candidates, given the token before each."""
+    scores = model.sampler_logits(mask_hidden, prev_ids, candidates)
+    return candidates.gather(1, scores.argmax(-1, keepdim=True)).squeeze(1)
+
+
 def draft(model: MTPModel, mask_hidden: torch.Tensor, mask_logits: torch.Tensor, bonus: int, sampling: Sampling,
           use_sampler: bool) -> tuple[list[int], torch.Tensor | None]:
     """k drafts from one mask group (hidden states and lm_head logits): the sampler chain (draft_1
@@ -157,14 +169,14 @@ def draft(model: MTPModel, mask_hidden: torch.Tensor, mask_logits: torch.Tensor,
             return mask_logits.argmax(-1).tolist(), None
         q = sampling.probs(mask_logits)
         return [sampling.draw(row) for row in q], q
-    candidates = mask_logits.topk(min(DRAFT_CANDIDATES, mask_logits.shape[-1]), dim=-1).indices
+    candidates = draft_candidates(mask_logits)
     drafts, qs, prev = [], [], bonus
     prev_ids = torch.empty(1, dtype=torch.long, device=mask_hidden.device)
     for i, row in enumerate(mask_hidden):
-        scores = model.sampler_logits(row[None], prev_ids.fill_(prev), candidates[i:i + 1])[0]
         if sampling.greedy:
-            prev = int(candidates[i, scores.argmax()])
+            prev = int(greedy_sampler_drafts(model, row[None], candidates[i:i + 1], prev_ids.fill_(prev))[0])
         else:
+            scores = model.sampler_logits(row[None], prev_ids.fill_(prev), candidates[i:i + 1])[0]
             # q is the sampler's distribution restricted to the candidates: zero elsewhere.
             restricted = mask_logits.new_full(mask_logits.shape[-1:], float("-inf")).index_copy_(0, candidates[i], scores)
             qs.append(sampling.probs(restricted))

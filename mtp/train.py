@@ -331,14 +331,12 @@ def heldout_tau(model: adapter.MTPModel, sequences: list[Sequence], k: int) -> d
         matches = [acceptance.draft_matches(model, seq.ids, seq.prompt_len) for seq in sequences]
     finally:
         model.train(was_training)
-    tokens = sum(len(seq.ids) - seq.prompt_len for seq in sequences)
+    new_tokens = [len(seq.ids) - seq.prompt_len for seq in sequences]
 
     def tau(drafter: str, method: str) -> float:
-        passes = sum(len(acceptance.replay(m[drafter], method, k, len(seq.ids) - seq.prompt_len))
-                     for m, seq in zip(matches, sequences))
-        return round(tokens / passes, 4)
+        return round(acceptance.tokens_per_step([m[drafter] for m in matches], new_tokens, method, k), 4)
     chains = [n for m in matches for n in m["sampler"]]
-    return {"sequences": len(sequences), "tokens": tokens, "k": k,
+    return {"sequences": len(sequences), "tokens": sum(new_tokens), "k": k,
             "tau_quadratic": tau("sampler", "quadratic"), "tau_linear": tau("sampler", "linear"),
             "tau_quadratic_lm_head": tau("lm_head", "quadratic"),
             "match_by_offset": [round(sum(n >= i for n in chains) / len(chains), 4) for i in range(1, k + 1)]}
@@ -453,8 +451,8 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None,
                          f"or choose another out (use --init-from {out} to start from its weights)")
     sequences = load_sequences(config.data, config.max_seq_len)
     heldout = load_sequences(config.eval_data, config.max_seq_len)[:config.eval_sequences] if config.eval_data else []
-    seen = {tuple(seq.ids[:seq.prompt_len]) for seq in sequences}
-    overlap = sum(tuple(seq.ids[:seq.prompt_len]) in seen for seq in heldout)
+    trained_prompts = {tuple(seq.ids[:seq.prompt_len]) for seq in sequences} if heldout else set()
+    overlap = sum(tuple(seq.ids[:seq.prompt_len]) in trained_prompts for seq in heldout)
     if overlap:
         raise TrainError(f"{overlap} of the {len(heldout)} held-out prompts in {config.eval_data} are also in the "
                          f"training data {config.data}: hold out prompts that are not trained on")

@@ -78,16 +78,15 @@ def run(args: argparse.Namespace) -> int:
     from .. import bench  # torch / transformers: imported only once the arguments are read
     from ..config import DEFAULTS_FIELDS, CheckpointError, write_decoding_defaults
 
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    if methods == ("none",):
-        methods = ()
-        if not (args.tau_table or args.cost_curve):
-            raise UsageError("--methods none measures nothing but the baseline: add --tau-table (or --cost-curve), "
-                             "or name methods")
+    names = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    methods = () if names == ("none",) else names
     unknown = [m for m in methods if m not in bench.METHODS]
-    if unknown or (not methods and args.methods.strip() != "none"):
+    if unknown or not names:
         raise UsageError(f"unknown method(s) {unknown or [args.methods]}: choose from {', '.join(bench.METHODS)}, "
                          "or none")
+    if not methods and not (args.tau_table or args.cost_curve):
+        raise UsageError("--methods none measures nothing but the baseline: add --tau-table (or --cost-curve), "
+                         "or name methods")
     k_list = _int_list(args.k_list, "--k-list") if args.k_list is not None else None
     for name in ("limit", "max_new_tokens", "groups", "prompt_lookup_tokens", "threads"):
         value = getattr(args, name)
