@@ -122,11 +122,17 @@ class TrainConfig:
         if unknown:
             raise TrainError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
         defaults = cls()
+        data = dict(data)
         for name, value in data.items():
             default = getattr(defaults, name)
             expected = type(default) if default is not None else str
+            if expected is float and isinstance(value, str):
+                try:  # YAML 1.1 reads exponents without a dot (5e-4) as strings
+                    value = data[name] = float(value)
+                except ValueError:
+                    pass
             ok = (value is None and name == "model") or isinstance(value, expected) or (
-                expected is float and isinstance(value, int)) 
+                expected is float and isinstance(value, int))
             if not ok or (expected is int and isinstance(value, bool)):
                 raise TrainError(f"{source}: {name} must be a {expected.__name__}, got {value!r}")
         return cls(**{n: float(v) if isinstance(getattr(defaults, n), float) else v for n, v in data.items()})

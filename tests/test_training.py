@@ -208,6 +208,16 @@ def test_bad_config_is_refused_and_nothing_written(tmp_path, capsys, fields, mes
     assert not out.exists()
 
 
+def test_exponent_without_a_dot_reads_as_a_float(tmp_path):
+    # YAML 1.1 reads 5e-4 as a string; a learning rate written that way must still work.
+    from mtp.commands.train import parse_overrides
+    config = TrainConfig.from_yaml(write_config(tmp_path / "c.yaml", out=str(tmp_path / "out")),
+                                   parse_overrides(["lr=5e-4", "weight_lcm=2"]))
+    assert config.lr == 5e-4 and config.weight_lcm == 2.0
+    with pytest.raises(TrainError, match="lr must be a float, got 'fast'"):
+        TrainConfig.from_dict({"lr": "fast"})
+
+
 def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path):
     config = config_for(tmp_path, "run", steps=2)
     train(config, loaded=tiny_loaded(), progress=False)
