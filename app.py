@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from mtp import adapter, viz  # noqa: E402
 from mtp.adapter import MTPModel  # noqa: E402
-from mtp.api import decoding_settings, default_checkpoint, load_mtp  # noqa: E402
+from mtp.api import DecodingSettings, decoding_settings, default_checkpoint, load_mtp  # noqa: E402
 from mtp.config import CheckpointError, MTPConfig  # noqa: E402
 from mtp.data import BUNDLED_TRAIN, distill  # noqa: E402
 from mtp.decoding import METHODS, generate  # noqa: E402
@@ -248,8 +248,8 @@ class Demo:
         return self.store.get(model_name, checkpoint)
 
     def settings(self, model: MTPModel, checkpoint: str, method: str | None = None,
-                 k: int | None = None) -> tuple[str, int, int | None, str]:
-        """(method, k, groups, source) from the same resolver as `mtp generate` (measured defaults first)."""
+                 k: int | None = None) -> DecodingSettings:
+        """(method, k, groups, lookup, source) from the same resolver as `mtp generate` (measured defaults first)."""
         return decoding_settings(model, None if checkpoint == FRESH else resolve_checkpoint(checkpoint), method, k)
 
     def status(self, model_name: str, checkpoint: str) -> str:
@@ -269,7 +269,8 @@ class Demo:
     @friendly
     def select(self, model_name: str, checkpoint: str):
         model, _ = self.model(model_name, checkpoint)
-        method, k, _, _ = self.settings(model, checkpoint)
+        chosen = self.settings(model, checkpoint)
+        method, k = chosen.method, chosen.k
         return gr.update(maximum=model.k, value=k), method, self.status(model_name, checkpoint)
 
     @friendly
@@ -308,9 +309,10 @@ class Demo:
         max_new_tokens = check_int(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS)
         temperature = check_temperature(temperature)
         seed = check_int(seed, "seed", 0, 2**31 - 1)
-        _, _, groups, _ = self.settings(model, checkpoint, method, k)
+        chosen = self.settings(model, checkpoint, method, k)
         trace = generate(model, ids, method=method, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
-                         seed=seed, eos_token_ids=eos_ids(tokenizer), tokenizer=tokenizer, groups=groups)
+                         seed=seed, eos_token_ids=eos_ids(tokenizer), tokenizer=tokenizer, groups=chosen.groups,
+                         lookup=chosen.lookup)
         texts = token_texts(tokenizer, [t for s in trace.steps for t in s.drafts + [s.bonus]])
         state = {"trace": dataclasses.asdict(trace), "texts": {str(t): s for t, s in texts.items()}}
         steps = len(trace.steps)
@@ -346,13 +348,14 @@ class Demo:
 
         for method in METHODS:
             events: queue.Queue = queue.Queue()
-            _, _, groups, _ = self.settings(model, checkpoint, method, k)
+            chosen = self.settings(model, checkpoint, method, k)
             started = time.perf_counter()
 
-            def work(method=method, events=events, groups=groups):
+            def work(method=method, events=events, groups=chosen.groups, lookup=chosen.lookup):
                 try:
                     events.put(("done", generate(
-                        model, ids, method=method, k=k, groups=groups, max_new_tokens=max_new_tokens, eos_token_ids=eos,
+                        model, ids, method=method, k=k, groups=groups, lookup=lookup, max_new_tokens=max_new_tokens,
+                        eos_token_ids=eos,
                         tokenizer=tokenizer, on_chunk=lambda chunk: events.put(("chunk", time.perf_counter(), chunk)))))
                 except Exception as error:  # handed to the UI thread below
                     events.put(("error", error))

@@ -6,20 +6,21 @@ the next token x_{a+1} and its drafts are accepted while they equal x_{a+2}, x_{
 chain is only compared while it matches, and while it matches each draft's predecessor IS the
 sequence's own token — so one batched pass with every mask group teacher-forced gives the match
 length at every index, and replaying linear or quadratic decoding on those lengths gives their
-exact step counts for any k ≤ the adapter's and any number of quadratic groups. The benchmark
+exact step counts for any k ≤ the adapter's and any number of quadratic groups. Prompt-lookup
+drafts depend only on the context too, so their match lengths replay the same way. The benchmark
 checks this against the runs it decodes (up to floating-point ties between differently shaped
 passes).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from transformers import DynamicCache
 
 from .adapter import MTPModel
-from .decoding import draft_candidates, greedy_sampler_drafts
+from .decoding import draft_candidates, greedy_sampler_drafts, lookup_drafts
 from .layouts import mask_blocks_layout
 
 DRAFTERS = ("sampler", "lm_head")
@@ -69,34 +70,61 @@ def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: i
     return matches
 
 
+class Pass(NamedTuple):
+    """One replayed forward pass."""
+
+    accepted: int | None  # drafts accepted; None: the pass verified no drafts
+    lookup_drafts: int = 0  # prompt-lookup drafts it verified (0: the masks' drafts, or none)
+
+
+def lookup_matches(prompt_ids: Sequence[int], output: Sequence[int], max_drafts: int) -> list[tuple[int, int]]:
+    """(drafts proposed, leading drafts that match) of prompt lookup after each prefix of `output`:
+    entry i is the proposal for output[i+1:] from prompt + output[:i+1] (decoding.lookup_drafts)."""
+    context, entries = list(prompt_ids), []
+    for i, token in enumerate(output[:-1]):
+        context.append(token)
+        proposal, match = lookup_drafts(context, max_drafts), 0
+        while match < len(proposal) and i + 1 + match < len(output) and proposal[match] == output[i + 1 + match]:
+            match += 1
+        entries.append((len(proposal), match))
+    return entries
+
+
 def replay(matches: Sequence[int], method: str, k: int, new_tokens: int,
-           groups: int | None = None) -> list[int | None]:
-    """Accepted drafts per forward pass of greedy `method` decoding that yields `new_tokens` tokens;
-    None for a pass that verified no drafts.
+           groups: int | None = None, lookup: Sequence[tuple[int, int]] | None = None) -> list[Pass]:
+    """The forward passes of greedy `method` decoding that yields `new_tokens` tokens.
 
     matches[i]: match length of the chain after index prompt_len-1+i (see draft_matches), at the
     adapter's k ≥ this k. The first pass is the prefill (no drafts); a pass without drafts
     (linear after a rejection, quadratic after accepting past its last group) yields one token.
+    lookup: lookup_matches of the same output, for decoding with prompt-lookup drafts.
     """
     if method not in METHODS:
         raise ValueError(f"replay covers linear and quadratic decoding, not {method!r}")
     groups = k + 1 if groups is None else groups
-    accepted_per_pass: list[int | None] = [None]
+    passes = [Pass(None)]
     produced, has_drafts = 1, True  # the prefill yields x_0 and a mask group after the prompt
     while produced < new_tokens:
+        proposed, looked_up = lookup[produced - 1] if lookup else (0, 0)
+        if proposed:  # lookup drafts replace the masks' ones; groups sit after t_0 and the first drafts
+            has_drafts = looked_up < groups if method == "quadratic" else looked_up == proposed
+            passes.append(Pass(looked_up, proposed))
+            produced += looked_up + 1
+            continue
         # The drafts on hand came from the group after the token before x_produced.
         if has_drafts:
             accepted = min(matches[produced - 1], k)
             has_drafts = accepted < groups if method == "quadratic" else accepted == k
         else:
             accepted, has_drafts = None, True  # a draftless pass puts a group after its one token
-        accepted_per_pass.append(accepted)
+        passes.append(Pass(accepted))
         produced += (accepted or 0) + 1
-    return accepted_per_pass
+    return passes
 
 
 def tokens_per_step(matches: Sequence[Sequence[int]], new_tokens: Sequence[int], method: str, k: int,
-                    groups: int | None = None) -> float:
+                    groups: int | None = None, lookup: Sequence[Sequence[tuple[int, int]]] | None = None) -> float:
     """τ over several sequences: Σ new tokens ÷ Σ replayed passes (each sequence's prefill included)."""
-    passes = sum(len(replay(m, method, k, n, groups)) for m, n in zip(matches, new_tokens))
+    lookup = lookup if lookup is not None else [None] * len(matches)
+    passes = sum(len(replay(m, method, k, n, groups, lu)) for m, n, lu in zip(matches, new_tokens, lookup))
     return sum(new_tokens) / passes

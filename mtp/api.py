@@ -2,13 +2,14 @@
 
     from mtp.api import chosen_checkpoint, decoding_settings, load_mtp
     mtp_model, tokenizer = load_mtp()            # embedded model + shipped checkpoint
-    method, k, groups, source = decoding_settings(mtp_model, chosen_checkpoint(None, None))
+    settings = decoding_settings(mtp_model, chosen_checkpoint(None, None))  # method, k, groups, lookup, source
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -56,26 +57,39 @@ def load_mtp(model: str | None = None, checkpoint: str | Path | None = None, *,
     return mtp_model.eval(), loaded.tokenizer
 
 
+class DecodingSettings(NamedTuple):
+    method: str
+    k: int
+    groups: int | None  # quadratic mask groups; None: k+1, the paper's layout
+    lookup: int  # prompt-lookup drafts per pass (0: the masks' drafts only)
+    source: str  # where the defaults came from
+
+
 def decoding_settings(model: MTPModel, checkpoint_dir: str | Path | None, method: str | None = None,
-                      k: int | None = None, groups: int | None = None) -> tuple[str, int, int | None, str]:
-    """(method, k, groups, source) to decode with; groups None means k+1, the paper's layout.
+                      k: int | None = None, groups: int | None = None,
+                      lookup: int | None = None) -> DecodingSettings:
+    """(method, k, groups, lookup, source) to decode with.
 
     Given values win. The rest comes from the checkpoint's measured defaults for the model's device
     type (`python -m mtp bench --cost-curve --save-defaults`), else quadratic with the checkpoint's
-    k. The source says where the defaults came from: "measured on <machine> (<created>)",
-    "built-in", or "explicit" when nothing was left to default.
+    k and no lookup. The source says where the defaults came from: "measured on <machine>
+    (<created>)", "built-in", or "explicit" when the method's layout was fully given (lookup then
+    defaults to off).
     """
     if method is not None and k is not None and (groups is not None or method != "quadratic"):
-        return method, k, groups, EXPLICIT
+        return DecodingSettings(method, k, groups, lookup or 0, EXPLICIT)
     entry = _measured_defaults(model, checkpoint_dir)
     if entry is None or method not in (None, entry["method"]):
         # No measurement, or another method than the measured one: its k and groups do not carry over.
-        return method or "quadratic", k or model.k, groups, BUILT_IN
+        return DecodingSettings(method or "quadratic", k or model.k, groups, lookup or 0, BUILT_IN)
     used = method is None or k is None
     k = k or entry["k"]
     if groups is None and entry["groups"] is not None and entry["groups"] <= k + 1:
         groups, used = entry["groups"], True
-    return entry["method"], k, groups, f"measured on {entry['machine']} ({entry['created']})" if used else BUILT_IN
+    if lookup is None:
+        lookup, used = entry.get("lookup", 0), used or bool(entry.get("lookup", 0))
+    source = f"measured on {entry['machine']} ({entry['created']})" if used else BUILT_IN
+    return DecodingSettings(entry["method"], k, groups, lookup, source)
 
 
 def _measured_defaults(model: MTPModel, checkpoint_dir: str | Path | None) -> dict | None:

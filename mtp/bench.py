@@ -61,7 +61,8 @@ class Settings:
     max_new_tokens: int = 128
     groups: int | None = None  # quadratic mask groups (None: k+1, the paper's layout)
     use_sampler: bool = True
-    prompt_lookup_tokens: int = 10
+    prompt_lookup_tokens: int = 10  # drafts per pass of prompt lookup: transformers' and the engine's
+    lookup: bool = False  # the engine's linear/quadratic runs also draft by prompt lookup
     chat_template: bool = True
     # τ of linear/quadratic at k = 1..tau_table_k (0: no table), with and without the sampler,
     # replayed from one teacher-forced pass over each greedy output (mtp.acceptance).
@@ -141,7 +142,7 @@ def run_mtp(model: MTPModel, prompt_ids: list[int], method: str, k: int | None, 
     start = time.perf_counter()
     trace = decoding.generate(
         model, prompt_ids, method=method, k=k, max_new_tokens=settings.max_new_tokens, eos_token_ids=eos,
-        use_sampler=settings.use_sampler,
+        use_sampler=settings.use_sampler, lookup=settings.prompt_lookup_tokens if settings.lookup else 0,
         groups=min(settings.groups, k + 1) if method == "quadratic" and settings.groups else None)
     _sync(device)
     seconds = time.perf_counter() - start
@@ -149,6 +150,7 @@ def run_mtp(model: MTPModel, prompt_ids: list[int], method: str, k: int | None, 
         "token_ids": trace.token_ids, "new_tokens": trace.new_tokens, "steps": trace.forward_passes,
         "seconds": seconds, "accept_counts": trace.accept_counts,
         "proposed_counts": [len(step.drafts) for step in trace.steps],
+        "looked_up": [step.looked_up for step in trace.steps],
         "input_lengths": [step.input_length for step in trace.steps],
         "step_seconds": [round(step.seconds, 6) for step in trace.steps],
     }
@@ -219,6 +221,8 @@ def measure_prompt(model: MTPModel, record: PromptRecord, prompt_ids: list[int],
     if settings.tau_table_k and baseline["token_ids"]:
         bar.set_postfix_str(f"{record.domain} teacher-forced drafts")
         entry["draft_matches"] = acceptance.draft_matches(model, prompt_ids + baseline["token_ids"], len(prompt_ids))
+        entry["lookup_matches"] = acceptance.lookup_matches(prompt_ids, baseline["token_ids"],
+                                                            settings.prompt_lookup_tokens)
     return entry
 
 
@@ -333,7 +337,8 @@ def tau_table(entries: list[dict], settings: Settings) -> dict:
         groups = min(settings.groups, k + 1) if method == "quadratic" and settings.groups else None
         # One prompt's replayed τ equals its decoded τ exactly when the pass counts are equal.
         pairs = [(run["steps"], len(acceptance.replay(e.get("draft_matches", {}).get(drafter, []), method, k,
-                                                      e["baseline"]["new_tokens"], groups)))
+                                                      e["baseline"]["new_tokens"], groups,
+                                                      e.get("lookup_matches") if settings.lookup else None)))
                  for e in entries for run in e["runs"] if (run["method"], run["k"]) == (method, k)]
         agreement[run_name(method, k)] = {"prompts": len(pairs), "same_passes": sum(a == b for a, b in pairs)}
     return {"tau": table, "replay_agreement": agreement}
@@ -421,33 +426,54 @@ def cost_curve(model: MTPModel, k_list: tuple[int, ...], cache_tokens: int = 200
             "drafting_seconds": drafting}
 
 
+def _backbone_at(curve: dict, length: int) -> float:
+    """Backbone seconds for `length` input tokens, interpolated linearly between measured lengths."""
+    points = sorted((int(n), s) for n, s in curve["backbone_seconds"].items())
+    for (n0, s0), (n1, s1) in zip(points, points[1:]):
+        if length <= n1 or (n1, s1) == points[-1]:
+            return s0 + (s1 - s0) * (length - n0) / (n1 - n0)
+    return points[0][1]
+
+
 def predict(results: list[dict], curve: dict, settings: Settings) -> list[dict]:
-    """Predicted tokens/s per (method, k, groups), best first: each prompt's exact pass sequence,
-    replayed from its teacher-forced match lengths (mtp.acceptance), priced by the cost curve.
+    """Predicted tokens/s per (method, k, groups, lookup), best first: each prompt's exact pass
+    sequence, replayed from its teacher-forced match lengths (mtp.acceptance), priced by the cost curve.
 
     A pass with drafts costs its shape's pass plus the draft chain; a draftless pass (linear after a
     rejection, quadratic after accepting past its last group) costs the 1-token pass plus the chain.
-    The prefill is the same for every method and is not priced.
+    A pass verifying m lookup drafts costs the shape with the same groups, plus the backbone's cost of
+    its extra input tokens. The prefill is the same for every method and is not priced.
     """
     drafter = "sampler" if settings.use_sampler else "lm_head"
     entries = [e for e in results if "draft_matches" in e]
     tokens = sum(e["baseline"]["new_tokens"] - 1 for e in entries)
     first = next(iter(curve["step_seconds"].values()))
-    candidates = [{"method": "autoregressive", "k": None, "groups": None, "tokens_per_step": 1.0,
+    candidates = [{"method": "autoregressive", "k": None, "groups": None, "lookup": 0, "tokens_per_step": 1.0,
                    "predicted_tokens_per_second": 1.0 / first["autoregressive"]["seconds"]}]
-    for k, steps in curve["step_seconds"].items():
-        draft_cost = curve["drafting_seconds"][k]
+    lookups = [0] + ([settings.prompt_lookup_tokens] if all("lookup_matches" in e for e in entries) else [])
+    for key, steps in curve["step_seconds"].items():
+        k, draft_cost = int(key), curve["drafting_seconds"][key]
         draftless = steps["draftless"]["seconds"] + draft_cost
+
+        def lookup_pass(method: str, groups: int | None, drafts: int) -> float:
+            shape = steps["linear" if method == "linear" else f"quadratic g={min(groups or k + 1, drafts + 1)}"]
+            length = shape["input_length"] + drafts - k
+            return shape["seconds"] + _backbone_at(curve, length) - _backbone_at(curve, shape["input_length"])
+
         shapes = [("linear", None, steps["linear"]["seconds"])] + [
-            ("quadratic", g, steps[f"quadratic g={g}"]["seconds"]) for g in range(1, int(k) + 2)]
+            ("quadratic", g, steps[f"quadratic g={g}"]["seconds"]) for g in range(1, k + 2)]
         for method, groups, with_drafts in shapes:
-            passes = [a for e in entries for a in acceptance.replay(
-                e["draft_matches"][drafter], method, int(k), e["baseline"]["new_tokens"], groups)[1:]]
-            if not passes:
-                continue
-            seconds = sum(with_drafts + draft_cost if a is not None else draftless for a in passes)
-            candidates.append({"method": method, "k": int(k), "groups": groups,
-                               "tokens_per_step": tokens / len(passes), "predicted_tokens_per_second": tokens / seconds})
+            for lookup in lookups:
+                passes = [p for e in entries for p in acceptance.replay(
+                    e["draft_matches"][drafter], method, k, e["baseline"]["new_tokens"], groups,
+                    e["lookup_matches"] if lookup else None)[1:]]
+                if not passes:
+                    continue
+                seconds = sum(lookup_pass(method, groups, p.lookup_drafts) + draft_cost if p.lookup_drafts
+                              else with_drafts + draft_cost if p.accepted is not None else draftless for p in passes)
+                candidates.append({"method": method, "k": k, "groups": groups, "lookup": lookup,
+                                   "tokens_per_step": tokens / len(passes),
+                                   "predicted_tokens_per_second": tokens / seconds})
     base = candidates[0]["predicted_tokens_per_second"]
     for candidate in candidates:
         candidate["predicted_speedup_vs_autoregressive"] = candidate["predicted_tokens_per_second"] / base
@@ -560,8 +586,9 @@ def markdown(report: dict) -> str:
     ranked = report.get("predictions")
     if ranked:
         parts += ["", "## Predicted best settings (cost curve × replayed passes, all prompts)", ""]
-        parts.append(_table(["method", "k", "groups", "τ", "tokens/s", "vs autoregressive"],
-                            [[c["method"], str(c["k"] or "–"), str(c["groups"] or "–"), _fmt(c["tokens_per_step"]),
+        parts.append(_table(["method", "k", "groups", "lookup", "τ", "tokens/s", "vs autoregressive"],
+                            [[c["method"], str(c["k"] or "–"), str(c["groups"] or "–"), str(c["lookup"] or "–"),
+                              _fmt(c["tokens_per_step"]),
                               _fmt(c["predicted_tokens_per_second"], 1),
                               _fmt(c["predicted_speedup_vs_autoregressive"], 2, "×")] for c in ranked[:10]]))
         best = report.get("defaults")
@@ -569,7 +596,8 @@ def markdown(report: dict) -> str:
             speedup = best["predicted_speedup_vs_autoregressive"]
             verdict = "faster" if speedup > 1 else "not faster"
             parts += ["", f"Chosen defaults, the fastest MTP setting (written to `{DEFAULTS_FILE}`): method "
-                          f"{best['method']}, k {best['k']}, groups {best['groups'] or '–'}; predicted "
+                          f"{best['method']}, k {best['k']}, groups {best['groups'] or '–'}, lookup drafts "
+                          f"{best['lookup'] or 'off'}; predicted "
                           f"{speedup:.2f}× autoregressive, so {verdict} than plain decoding on this device."]
     return "\n".join(parts) + "\n"
 
@@ -726,7 +754,7 @@ def benchmark(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: list
         if best is not None:
             machine = report["machine"]
             report["defaults"] = {
-                "method": best["method"], "k": best["k"], "groups": best["groups"],
+                "method": best["method"], "k": best["k"], "groups": best["groups"], "lookup": best["lookup"],
                 "predicted_tokens_per_second": best["predicted_tokens_per_second"],
                 "predicted_speedup_vs_autoregressive": best["predicted_speedup_vs_autoregressive"],
                 "tokens_per_step": best["tokens_per_step"], "device": str(device),

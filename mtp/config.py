@@ -13,8 +13,10 @@ FORMAT_VERSION = 1
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DECODING_DEFAULTS_FILE = "decoding_defaults.json"  # measured best decoding settings, keyed by device type
 DEFAULTS_METHODS = ("linear", "quadratic")  # the defaults pick MTP decoding; autoregressive needs no checkpoint
-DEFAULTS_FIELDS = ("method", "k", "groups", "predicted_tokens_per_second", "predicted_speedup_vs_autoregressive",
-                   "tokens_per_step", "machine", "torch_threads", "created", "command")
+DEFAULTS_FIELDS = ("method", "k", "groups", "lookup", "predicted_tokens_per_second",
+                   "predicted_speedup_vs_autoregressive", "tokens_per_step", "machine", "torch_threads", "created",
+                   "command")
+DEFAULTS_OPTIONAL = ("lookup",)  # absent from files written before it existed: 0, no lookup drafts
 
 
 class CheckpointError(ValueError):
@@ -80,7 +82,7 @@ def _defaults_problem(entry: object) -> str | None:
     """Why an entry of decoding_defaults.json is unusable, or None when it is fine."""
     if not isinstance(entry, dict):
         return "is not a JSON object"
-    missing = [name for name in DEFAULTS_FIELDS if name not in entry]
+    missing = [name for name in DEFAULTS_FIELDS if name not in entry and name not in DEFAULTS_OPTIONAL]
     if missing:
         return f"lacks {missing}"
     k, groups = entry["k"], entry["groups"]
@@ -91,6 +93,9 @@ def _defaults_problem(entry: object) -> str | None:
     if groups is not None and (entry["method"] != "quadratic" or not isinstance(groups, int)
                                or isinstance(groups, bool) or not 1 <= groups <= k + 1):
         return f"has groups {groups!r}: quadratic only, an integer in 1..k+1"
+    lookup = entry.get("lookup", 0)
+    if not isinstance(lookup, int) or isinstance(lookup, bool) or lookup < 0:
+        return f"has lookup {lookup!r}, not an integer >= 0"
     return None
 
 

@@ -9,6 +9,10 @@ differ only in the anchors:
   layout), so the group after the last accepted token survives whatever prefix is accepted.
 The first pass (prefill) feeds the whole prompt as `tokens`, with no drafts.
 
+Drafts come from the mask group after the last accepted token; with `lookup` on, a pass whose
+context ends in an n-gram seen earlier verifies the tokens that followed it instead (prompt lookup,
+Saxena 2023), still with the method's mask groups after them. Any drafts keep the output exact.
+
 Greedy (temperature 0) accepts a draft iff it equals the model's argmax, so the output is token for
 token the base model's greedy output. Sampling uses speculative-sampling acceptance with the
 sampler's distribution as the proposal q, so the output distribution is the base model's.
@@ -185,6 +189,24 @@ def draft(model: MTPModel, mask_hidden: torch.Tensor, mask_logits: torch.Tensor,
     return drafts, (torch.stack(qs) if qs else None)
 
 
+# Prompt lookup: the context's last 3-gram, else 2-gram, looked up at its most recent earlier
+# occurrence. A 1-gram proposes too often to pay on the held-out distilled prompts (docs/lookup).
+LOOKUP_NGRAMS = (3, 2)
+
+
+def lookup_drafts(context: Sequence[int], max_drafts: int, ngrams: Sequence[int] = LOOKUP_NGRAMS) -> list[int]:
+    """Up to `max_drafts` tokens that followed the most recent earlier occurrence of the context's
+    last n-gram (longest n first); [] when none occurred."""
+    for n in ngrams:
+        if len(context) <= n:
+            continue
+        tail = list(context[-n:])
+        for start in range(len(context) - n - 1, -1, -1):
+            if context[start] == tail[0] and list(context[start:start + n]) == tail:
+                return list(context[start + n:start + n + max_drafts])
+    return []
+
+
 def _one_hot(tokens: Sequence[int], vocab: int, device: torch.device) -> torch.Tensor:
     """The proposal of forced drafts: deterministic, so acceptance stays exact under sampling."""
     q = torch.zeros(len(tokens), vocab, device=device)
@@ -223,6 +245,7 @@ def generate(
     use_sampler: bool = True,
     on_chunk: Callable[[list[int]], None] | None = None,
     draft_override: DraftOverride | None = None,
+    lookup: int = 0,
 ) -> Trace:
     """Generate up to `max_new_tokens` after `prompt_ids`; returns the Trace (tokens, text, steps).
 
@@ -232,6 +255,9 @@ def generate(
     completes it) or at max_new_tokens; on_chunk receives each step's new tokens, after cuts.
     draft_override: test hook (step_index, context_ids, k) -> drafts to propose in place of the
     model's (context = prompt + tokens so far); forced drafts count as a deterministic proposal.
+    lookup: linear / quadratic: up to this many prompt-lookup drafts replace the masks' drafts
+    whenever the context's last n-gram occurred before (0: masks only). A deterministic proposal,
+    so sampling stays exact too.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
@@ -255,6 +281,10 @@ def generate(
         raise ValueError("the prompt is empty")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if lookup < 0:
+        raise ValueError(f"lookup must be >= 0, got {lookup}")
+    if lookup and method == "autoregressive":
+        raise ValueError("lookup drafts need a drafting method (linear or quadratic)")
 
     start = time.perf_counter()
     device = model.mask_embeddings.device
@@ -270,6 +300,7 @@ def generate(
     tokens = list(prompt_ids)  # prefill: the whole prompt, no drafts
     drafts: list[int] = []
     draft_probs = None
+    looked_up = False
     while len(out) < max_new_tokens:
         step_start = time.perf_counter()
         m = len(drafts)
@@ -296,9 +327,15 @@ def generate(
             if stop is not None:
                 del out[stop[0]:]
                 trace.text, done = stop[1], "stop_string"
-        # Next step's drafts, from the mask group after the last accepted token (if it was fed).
-        next_drafts, draft_probs = [], None
-        if not done and hidden is not None:
+        # Next step's drafts: prompt lookup if it finds any, else the mask group after the last
+        # accepted token (if it was fed).
+        next_drafts, draft_probs, next_looked_up = [], None, False
+        if not done and lookup:
+            next_drafts = lookup_drafts(list(prompt_ids) + out, lookup)
+            next_looked_up = bool(next_drafts)
+            if next_looked_up and not sampling.greedy:
+                draft_probs = _one_hot(next_drafts, vocab, device)
+        if not done and hidden is not None and not next_looked_up:
             next_drafts, draft_probs = draft(model, hidden, group_logits, bonus, sampling, use_sampler)
             forced = draft_override(len(trace.steps), list(prompt_ids) + out, k) if draft_override else None
             if forced is not None:
@@ -306,13 +343,13 @@ def generate(
                 draft_probs = None if sampling.greedy else _one_hot(next_drafts, vocab, device)
         trace.steps.append(Step(drafts=list(drafts), accepted=accepted, bonus=bonus,
                                 seconds=time.perf_counter() - step_start, input_length=input_length,
-                                new_tokens=len(out) - before))
+                                new_tokens=len(out) - before, looked_up=looked_up))
         if on_chunk is not None and len(out) > before:
             on_chunk(out[before:])
         if done:
             trace.stop_reason = done
             break
-        drafts = next_drafts
+        drafts, looked_up = next_drafts, next_looked_up
         tokens = [bonus] + drafts
     else:
         trace.stop_reason = "max_new_tokens"

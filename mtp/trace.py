@@ -15,6 +15,7 @@ class Step:
     seconds: float  # wall time of the pass, verification and drafting included
     input_length: int  # tokens fed to the pass: real + draft + mask
     new_tokens: int = 0  # tokens this step added to the output (accepted + bonus, less any cut by a stop)
+    looked_up: bool = False  # the drafts came from prompt lookup, not from the masks
 
     @property
     def rejected(self) -> list[int]:
@@ -43,7 +44,7 @@ class Trace:
 
     @property
     def tokens_per_step(self) -> float:
-        """τ: new tokens per verifying forward pass (1.0 for plain decoding, at most k+1)."""
+        """τ: new tokens per verifying forward pass (1.0 for plain decoding; at most k+1 without lookup)."""
         return self.new_tokens / self.forward_passes if self.steps else 0.0
 
     @property

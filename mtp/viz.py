@@ -154,6 +154,7 @@ def steps_table(trace: Trace, tokenizer=None) -> pd.DataFrame:
 
     return pd.DataFrame({
         "step": list(range(1, len(trace.steps) + 1)),
+        "drafts from": ["prompt lookup" if s.looked_up else "masks" if s.drafts else "–" for s in trace.steps],
         "drafts": [join(s.drafts) for s in trace.steps],
         "accepted": [s.accepted for s in trace.steps],
         "of": [len(s.drafts) for s in trace.steps],
@@ -162,7 +163,7 @@ def steps_table(trace: Trace, tokenizer=None) -> pd.DataFrame:
         "new tokens": [len([k for k, _ in step_tokens(s) if k != "rejected"]) for s in trace.steps],
         "input length": [s.input_length for s in trace.steps],
         "ms": [round(s.seconds * 1000, 1) for s in trace.steps],
-    }, columns=["step", "drafts", "accepted", "of", "rejected", "bonus", "new tokens", "input length", "ms"])
+    }, columns=["step", "drafts from", "drafts", "accepted", "of", "rejected", "bonus", "new tokens", "input length", "ms"])
 
 
 def offset_acceptance_figure(trace: Trace) -> go.Figure:

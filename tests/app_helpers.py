@@ -31,7 +31,8 @@ def recorded_trace() -> Trace:
         Step(drafts=[], accepted=0, bonus=7, seconds=0.20, input_length=12, new_tokens=1),  # prefill: 'h'
         Step(drafts=[4, 11, 11], accepted=3, bonus=14, seconds=0.10, input_length=16, new_tokens=4),  # 'ello'
         Step(drafts=[26, 22, 9], accepted=1, bonus=14, seconds=0.10, input_length=16, new_tokens=2),  # ' ' + 'o', 'wj' rejected
-        Step(drafts=[17, 11, 3], accepted=2, bonus=5, seconds=0.10, input_length=16, new_tokens=2),  # 'rl' (cut)
+        Step(drafts=[17, 11, 3], accepted=2, bonus=5, seconds=0.10, input_length=16, new_tokens=2,
+             looked_up=True),  # 'rl' (cut); drafts from prompt lookup
     ]
     return Trace(method="quadratic", k=3, prompt_ids=[1, 2, 3], token_ids=[7, 4, 11, 11, 14, 26, 14, 17, 11],
                  text="hello orl", steps=steps, seconds=0.55, stop_reason="max_new_tokens")

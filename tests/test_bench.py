@@ -171,8 +171,29 @@ def test_predict_prices_replayed_passes():
     assert {c["tokens_per_step"] for c in no_sampler} == {1.0}
 
 
+def test_predict_prices_lookup_passes():
+    """k=2, 6 new tokens; the masks never match, prompt lookup proposes 3 right drafts after 2 tokens.
+    A lookup pass costs the shape with the same groups + the backbone's cost of its extra tokens."""
+    settings = bench.Settings(methods=(), k_list=(2,), tau_table_k=2)
+    results = [{"baseline": {"new_tokens": 6}, "draft_matches": {"sampler": [0] * 6, "lm_head": [0] * 6},
+                "lookup_matches": [(0, 0), (3, 3), (0, 0), (0, 0), (0, 0)]}]
+    shape = lambda seconds, length: {"seconds": seconds, "input_length": length}  # noqa: E731
+    curve = {"step_seconds": {2: {"autoregressive": shape(0.1, 1), "draftless": shape(0.12, 3),
+                                  "linear": shape(0.14, 5), "quadratic g=1": shape(0.15, 5),
+                                  "quadratic g=2": shape(0.18, 7), "quadratic g=3": shape(0.2, 9)}},
+             "drafting_seconds": {2: 0.01}, "backbone_seconds": {1: 0.05, 8: 0.06, 16: 0.08}}
+    ranked = {(c["method"], c["groups"], c["lookup"]): c for c in bench.predict(results, curve, settings)}
+    assert ranked[("quadratic", 3, 0)]["predicted_tokens_per_second"] == pytest.approx(5 / (5 * 0.21))
+    with_lookup = ranked[("quadratic", 3, 10)]  # the masks' pass (accepts 0), then 3 lookup drafts + 3 groups
+    assert with_lookup["tokens_per_step"] == pytest.approx(5 / 2)
+    assert with_lookup["predicted_tokens_per_second"] == pytest.approx(5 / (0.21 + 0.2 + 0.0025 + 0.01))
+    linear = ranked[("linear", None, 10)]  # a rejection, then lookup drafts with one group after them
+    assert linear["predicted_tokens_per_second"] == pytest.approx(5 / (0.15 + 0.14 + 0.01 / 7 + 0.01))
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--methods", "linear,beam"], "unknown method"),
+    (["--methods", "autoregressive", "--lookup"], "--lookup applies to the linear and quadratic"),
     (["--k-list", "1,x"], "comma-separated integers"),
     (["--k-list", "0,2"], "at least 1"),
     (["--k-list", "2,2"], "repeats"),
@@ -208,6 +229,15 @@ def test_tau_table(tiny, tmp_path):
     markdown = (out / "results.md").read_text()
     assert "replayed from teacher-forced drafts" in markdown and "| domain | k=1 | k=2 | k=3 | k=4 |" in markdown
     assert "paper k=8" in markdown and "Replay vs decoding" in markdown
+    # With prompt-lookup drafts (the repeated words of the math prompts find some), the replay still
+    # gives every decoded pass count and the output stays the baseline's.
+    out3 = tmp_path / "out3"
+    assert main(bench_args(tiny, out3, "--limit", "1", "--k-list", "2", "--max-new-tokens", "12",
+                           "--methods", "linear,quadratic", "--tau-table", "--lookup")) == 0
+    report = json.loads((out3 / "bench.json").read_text())
+    assert report["mismatches"] == [] and sum(any(r["looked_up"]) for e in report["prompts"] for r in e["runs"]) >= 2
+    agreement = report["summary"]["all"]["tau_table"]["replay_agreement"]
+    assert all(a["same_passes"] == a["prompts"] == 3 for a in agreement.values())
     # Only the baseline and the table: the cheap way to get τ for every k.
     out2 = tmp_path / "out2"
     assert main(bench_args(tiny, out2, "--limit", "1", "--k-list", "2", "--max-new-tokens", "6", "--methods", "none",

@@ -189,7 +189,8 @@ def test_trace_fields_and_bad_arguments() -> None:
     assert generate(model, prompt, method="autoregressive", max_new_tokens=3).k == 0
     for kwargs, message in [({"method": "cubic"}, "unknown method"), ({"k": 0}, "k must"), ({"k": 5}, "k must"),
                             ({"groups": 5, "k": 3}, "groups"), ({"method": "linear", "groups": 1}, "quadratic"),
-                            ({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p")]:
+                            ({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p"),
+                            ({"lookup": -1}, "lookup must"), ({"method": "autoregressive", "lookup": 4}, "lookup drafts")]:
         with pytest.raises(ValueError, match=message):
             generate(model, prompt, **kwargs)
     with pytest.raises(ValueError, match="empty"):
@@ -254,6 +255,20 @@ def test_speculative_sampling_matches_plain_distribution(sampling_model, method:
         for position in range(3):  # tokens the filters exclude everywhere never appear
             assert int(counts[position][marginals[position] == 0].sum()) == 0
         assert int((marginals[0] == 0).sum()) >= 8
+
+
+def test_speculative_sampling_with_lookup_drafts_matches_plain_distribution(sampling_model) -> None:
+    """Prompt-lookup drafts are a deterministic proposal: sampling stays exact with them too."""
+    model, _ = sampling_model
+    # Every token follows a 5 somewhere in the prompt, so the pass after the first token always
+    # verifies lookup drafts (the tail [5, t_1] occurred before).
+    prompt = [t for token in range(VOCAB) for t in (5, token)] + [5]
+    traces = [generate(model, prompt, method="quadratic", k=3, max_new_tokens=3, temperature=TEMPERATURE,
+                       seed=seed, lookup=4) for seed in range(20)]
+    assert all(trace.steps[1].looked_up and trace.steps[1].drafts for trace in traces)
+    marginals = first_three_marginals(model, prompt, VOCAB, TEMPERATURE)
+    stats = _statistics(_sample_counts(model, prompt, "quadratic", lookup=4), marginals)
+    assert all(statistic < critical for statistic, critical in stats), stats
 
 
 def test_broken_acceptance_rule_is_detected(sampling_model, monkeypatch) -> None:

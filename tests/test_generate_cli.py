@@ -137,6 +137,14 @@ def test_measured_defaults_are_used(tiny, tmp_path) -> None:
                                                                     "(2025-02-03T04:05:06+00:00)")
     result = mtp_generate(*base, "--groups", "2")  # the measured method is linear: --groups does not apply
     assert result.returncode == 2 and "--groups applies to --method quadratic only" in result.stderr
+    # Measured lookup drafts are used (and reported); --lookup 0 turns them off; the output never changes.
+    write_decoding_defaults(measured, "cpu", {**entry, "lookup": 10})
+    prompt = "Say hello hello hello hello hello."
+    record = json.loads(mtp_generate(*base[2:], "--prompt", prompt, "--json").stdout)
+    assert (record["method"], record["k"], record["groups"], record["lookup"]) == ("quadratic", 3, 2, 10)
+    assert record["token_ids"] == _reference(loaded, prompt, 6)
+    record = json.loads(mtp_generate(*base[2:], "--prompt", prompt, "--lookup", "0", "--json").stdout)
+    assert record["lookup"] == 0 and record["token_ids"] == _reference(loaded, prompt, 6)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -147,6 +155,8 @@ def test_measured_defaults_are_used(tiny, tmp_path) -> None:
     (["--prompt", "x", "--checkpoint", "/no/such/checkpoint"], "checkpoint directory /no/such/checkpoint does not exist"),
     (["--prompts-file", "/no/such/prompts.jsonl"], "cannot read prompts file"),
     (["--prompt", "x", "--method", "linear", "--groups", "2"], "--groups applies to --method quadratic only"),
+    (["--prompt", "x", "--lookup", "-1"], "--lookup must be >= 0"),
+    (["--prompt", "x", "--method", "autoregressive", "--lookup", "4"], "--lookup drafts need --method linear"),
 ])
 def test_bad_input_before_loading(args: list[str], message: str) -> None:
     result = mtp_generate(*args)

@@ -53,6 +53,7 @@ def test_steps_table():
     assert table.loc[2, "rejected"] == "w | j" and table.loc[2, "bonus"] == "o"
     assert table.loc[2, "drafts"] == "␣ | w | j"
     assert list(table["ms"]) == [200.0, 100.0, 100.0, 100.0]
+    assert list(table["drafts from"]) == ["–", "masks", "masks", "prompt lookup"]
 
 
 def test_offset_acceptance_figure():

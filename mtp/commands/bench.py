@@ -29,7 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="quadratic: mask groups after the first G tokens (capped at k+1; default k+1)")
     parser.add_argument("--no-sampler", action="store_true", help="draft with lm_head at the masks, not the sampler")
     parser.add_argument("--prompt-lookup-tokens", type=int, default=10,
-                        help="prompt lookup's prompt_lookup_num_tokens (default 10)")
+                        help="drafts per pass of prompt lookup: transformers' prompt_lookup_num_tokens and the "
+                             "engine's --lookup (default 10)")
+    parser.add_argument("--lookup", action="store_true",
+                        help="the linear/quadratic runs also draft by prompt lookup (decoding's lookup option)")
     parser.add_argument("--no-chat-template", action="store_true", help="feed prompts raw, without the chat template")
     parser.add_argument("--tau-table", action="store_true",
                         help="also τ of linear and quadratic at every k up to the checkpoint's, with and without the "
@@ -92,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.lookup and not {"linear", "quadratic"} & set(methods):
+        raise UsageError("--lookup applies to the linear and quadratic methods, and --methods has neither")
     if args.groups is not None and "quadratic" not in methods:
         raise UsageError("--groups applies to the quadratic method, which is not in --methods")
     if args.save_defaults and not args.cost_curve:
@@ -134,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--k-list asks for k={max(k_list)} but the checkpoint has k={model.k}")
     settings = bench.Settings(methods=methods, k_list=k_list, max_new_tokens=args.max_new_tokens,
                               groups=args.groups, use_sampler=not args.no_sampler,
-                              prompt_lookup_tokens=args.prompt_lookup_tokens, chat_template=not args.no_chat_template,
+                              prompt_lookup_tokens=args.prompt_lookup_tokens, lookup=args.lookup,
+                              chat_template=not args.no_chat_template,
                               tau_table_k=model.k if args.tau_table or args.cost_curve else 0)
     domains = sorted({r.domain for r in records})
     log.info("%d prompts (%s), runs per prompt: %s", len(records), ", ".join(domains),
@@ -162,6 +168,6 @@ def run(args: argparse.Namespace) -> int:
             return 1
         device_type = model.mask_embeddings.device.type
         path = write_decoding_defaults(checkpoint, device_type, {name: best[name] for name in DEFAULTS_FIELDS})
-        log.info("saved the %s defaults (%s k=%d, groups %s) in %s", device_type, best["method"], best["k"],
-                 best["groups"], path)
+        log.info("saved the %s defaults (%s k=%d, groups %s, lookup %s) in %s", device_type, best["method"],
+                 best["k"], best["groups"], best["lookup"] or "off", path)
     return 1 if bad else 0  # results are written either way; a mismatch is a failed identity assertion

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--groups", type=int, default=None,
                         help="quadratic: mask groups after the first G of the k+1 tokens "
                              "(default: the measured best, else k+1, the paper's layout)")
+    parser.add_argument("--lookup", type=int, default=None, metavar="N",
+                        help="linear/quadratic: up to N prompt-lookup drafts replace the masks' drafts when the "
+                             "text's last words occurred before; 0 = off (default: the measured best, else off)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-k", type=int, default=None)
@@ -56,6 +59,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise UsageError("--groups applies to --method quadratic only")
         if args.groups < 1:
             raise UsageError(f"--groups must be at least 1, got {args.groups}")
+    if args.lookup is not None:
+        if args.lookup < 0:
+            raise UsageError(f"--lookup must be >= 0, got {args.lookup}")
+        if args.lookup and args.method == "autoregressive":
+            raise UsageError("--lookup drafts need --method linear or quadratic")
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.temperature < 0:
@@ -118,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = chosen_checkpoint(args.model, args.checkpoint)
     try:
         model, tokenizer = load_mtp(args.model, checkpoint, k=args.k or 8)
-        method, k, groups, source = decoding_settings(model, checkpoint, args.method, args.k, args.groups)
+        method, k, groups, lookup, source = decoding_settings(model, checkpoint, args.method, args.k, args.groups,
+                                                              args.lookup)
     except (CheckpointError, ModelSourceError) as error:
         raise UsageError(str(error)) from None
     if checkpoint is None:
@@ -147,17 +156,21 @@ def run(args: argparse.Namespace) -> int:
         streamer = None if args.json else _Streamer(tokenizer)
         trace = generate(model, ids, method=method, k=k, max_new_tokens=max_new,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                         eos_token_ids=sorted(eos_ids), tokenizer=tokenizer, groups=groups, on_chunk=streamer)
+                         eos_token_ids=sorted(eos_ids), tokenizer=tokenizer, groups=groups, on_chunk=streamer,
+                         lookup=lookup)
         metrics = trace.metrics()
         if args.json:
             record = {**passthrough, "text": trace.text, "token_ids": trace.token_ids, **metrics,
                       "prompt_tokens": len(ids), "temperature": args.temperature, "defaults_source": source}
             if method == "quadratic":
                 record["groups"] = groups or k + 1
+            if method != "autoregressive":
+                record["lookup"] = lookup
             print(json.dumps(record), flush=True)
         else:
             streamer.finish(trace.text)
-            print(f"{method} k={trace.k}{'' if groups is None else f' groups={groups}'}: {trace.new_tokens} tokens "
+            print(f"{method} k={trace.k}{'' if groups is None else f' groups={groups}'}"
+                  f"{f' lookup={lookup}' if lookup else ''}: {trace.new_tokens} tokens "
                   f"in {trace.forward_passes} passes (τ {trace.tokens_per_step:.2f}, draft acceptance "
                   f"{trace.draft_acceptance_rate:.2f}), {trace.seconds:.2f} s, {trace.tokens_per_second:.1f} tokens/s, "
                   f"stop: {trace.stop_reason}" + ("" if source == EXPLICIT else f"; defaults: {source}"),
