@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache
 
 from .adapter import MTPModel
-from .decoding import draft_candidates, greedy_sampler_drafts, lookup_drafts
+from .decoding import LOOKUP_NGRAMS, draft_candidates, greedy_sampler_drafts, lookup_drafts
 from .layouts import mask_blocks_layout
 
 DRAFTERS = ("sampler", "lm_head")
@@ -77,13 +77,14 @@ class Pass(NamedTuple):
     lookup_drafts: int = 0  # prompt-lookup drafts it verified (0: the masks' drafts, or none)
 
 
-def lookup_matches(prompt_ids: Sequence[int], output: Sequence[int], max_drafts: int) -> list[tuple[int, int]]:
+def lookup_matches(prompt_ids: Sequence[int], output: Sequence[int], max_drafts: int,
+                   ngrams: Sequence[int] = LOOKUP_NGRAMS) -> list[tuple[int, int]]:
     """(drafts proposed, leading drafts that match) of prompt lookup after each prefix of `output`:
     entry i is the proposal for output[i+1:] from prompt + output[:i+1] (decoding.lookup_drafts)."""
     context, entries = list(prompt_ids), []
     for i, token in enumerate(output[:-1]):
         context.append(token)
-        proposal, match = lookup_drafts(context, max_drafts), 0
+        proposal, match = lookup_drafts(context, max_drafts, ngrams), 0
         while match < len(proposal) and i + 1 + match < len(output) and proposal[match] == output[i + 1 + match]:
             match += 1
         entries.append((len(proposal), match))

@@ -117,7 +117,7 @@ def test_accepted_vs_rejected(page: Page):
     assert page.locator("#gen-html .mtp-legend .mtp-tok").count() == 3
     assert table_size(page, "#gen-table") == steps
     first = table_rows(page, "#gen-table")[0]  # the prefill: no drafts, one new token
-    assert first[0] == "1" and first[2:4] == ["0", "0"] and first[6] == "1"
+    assert first[0] == "1" and first[1] == "–" and first[3:5] == ["0", "0"] and first[7] == "1"
     page.wait_for_selector("#gen-chart g.bars", state="attached")
     assert re.search(rf"\*?{MAX_NEW} tokens · {steps} forward passes", page.inner_text("#gen-metrics"))
     shot(page, "accepted")
