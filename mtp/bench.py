@@ -2,7 +2,7 @@
 
 Per prompt, interleaved so every method shares the same noise: the baseline
 `model.base.generate(do_sample=False)` (greedy, KV cache), transformers' prompt-lookup decoding,
-then each (method, k) of the engine, in a per-prompt shuffled order. Greedy outputs are checked
+then each (method, k[, lookup]) of the engine, in a per-prompt shuffled order. Greedy outputs are checked
 token for token against the baseline. The cost curve times single forward passes on a warm cache;
 crossed with the measured acceptance it picks the fastest MTP (method, k, groups) for this device.
 
@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import plotly.graph_objects as go
 import torch
@@ -62,26 +63,40 @@ class Settings:
     groups: int | None = None  # quadratic mask groups (None: k+1, the paper's layout)
     use_sampler: bool = True
     prompt_lookup_tokens: int = 10  # drafts per pass of prompt lookup: transformers' and the engine's
-    lookup: bool = False  # the engine's linear/quadratic runs also draft by prompt lookup
+    lookup: bool = False  # each linear/quadratic run is measured also with prompt-lookup drafts
     chat_template: bool = True
     # τ of linear/quadratic at k = 1..tau_table_k (0: no table), with and without the sampler,
     # replayed from one teacher-forced pass over each greedy output (mtp.acceptance).
     tau_table_k: int = 0
 
 
-def runs_of(settings: Settings) -> list[tuple[str, int | None]]:
-    """(method, k) pairs measured per prompt; k is None where it does not apply."""
+class Run(NamedTuple):
+    """One measured way of decoding."""
+
+    method: str
+    k: int | None = None  # None where it does not apply
+    lookup: bool = False  # linear/quadratic with prompt-lookup drafts (decoding's lookup option)
+
+
+def runs_of(settings: Settings) -> list[Run]:
+    """The runs measured per prompt."""
     runs = []
     for method in settings.methods:
         if method in ("autoregressive", "prompt_lookup"):
-            runs.append((method, None))
+            runs.append(Run(method))
         else:
-            runs.extend((method, k) for k in settings.k_list)
+            runs.extend(Run(method, k, lookup) for k in settings.k_list
+                        for lookup in ((False, True) if settings.lookup else (False,)))
     return runs
 
 
-def run_name(method: str, k: int | None) -> str:
-    return method if k is None else f"{method} k={k}"
+def run_of(result: dict) -> Run:
+    """The Run a measured result belongs to (results written before lookup existed have none)."""
+    return Run(result["method"], result["k"], result.get("lookup", False))
+
+
+def run_name(run: Run) -> str:
+    return run.method + ("" if run.k is None else f" k={run.k}") + (" + lookup" if run.lookup else "")
 
 
 def limit_per_domain(records: list[PromptRecord], limit: int) -> list[PromptRecord]:
@@ -135,14 +150,14 @@ def run_generate(model: MTPModel, prompt_ids: list[int], settings: Settings, eos
 
 
 def run_mtp(model: MTPModel, prompt_ids: list[int], method: str, k: int | None, settings: Settings,
-            eos: list[int]) -> dict:
+            eos: list[int], lookup: bool = False) -> dict:
     """One engine generation, timed from outside like the baseline; the trace's metrics kept."""
     device = model.mask_embeddings.device
     _sync(device)
     start = time.perf_counter()
     trace = decoding.generate(
         model, prompt_ids, method=method, k=k, max_new_tokens=settings.max_new_tokens, eos_token_ids=eos,
-        use_sampler=settings.use_sampler, lookup=settings.prompt_lookup_tokens if settings.lookup else 0,
+        use_sampler=settings.use_sampler, lookup=settings.prompt_lookup_tokens if lookup else 0,
         groups=min(settings.groups, k + 1) if method == "quadratic" and settings.groups else None)
     _sync(device)
     seconds = time.perf_counter() - start
@@ -156,13 +171,12 @@ def run_mtp(model: MTPModel, prompt_ids: list[int], method: str, k: int | None, 
     }
 
 
-def _measure(model: MTPModel, prompt_ids: list[int], method: str, k: int | None, settings: Settings,
-             eos: list[int], pad: int) -> dict:
-    if method == BASELINE:
+def _measure(model: MTPModel, prompt_ids: list[int], run: Run, settings: Settings, eos: list[int], pad: int) -> dict:
+    if run.method == BASELINE:
         return run_generate(model, prompt_ids, settings, eos, pad)
-    if method == "prompt_lookup":
+    if run.method == "prompt_lookup":
         return run_generate(model, prompt_ids, settings, eos, pad, prompt_lookup=True)
-    return run_mtp(model, prompt_ids, method, k, settings, eos)
+    return run_mtp(model, prompt_ids, run.method, run.k, settings, eos, run.lookup)
 
 
 def first_mismatch(tokens: list[int], reference: list[int]) -> int | None:
@@ -201,20 +215,21 @@ def read_partial(path: Path, header: dict) -> list[dict]:
     return entries
 
 
-def measure_prompt(model: MTPModel, record: PromptRecord, prompt_ids: list[int], runs: list[tuple[str, int | None]],
+def measure_prompt(model: MTPModel, record: PromptRecord, prompt_ids: list[int], runs: list[Run],
                    settings: Settings, eos: list[int], pad: int, bar: tqdm) -> dict:
     """All runs on one prompt, in the given order; each greedy output checked against the baseline's."""
     measured = {}
-    for method, k in runs:
-        bar.set_postfix_str(f"{record.domain} {run_name(method, k)}")
-        measured[(method, k)] = _measure(model, prompt_ids, method, k, settings, eos, pad)
+    for run in runs:
+        bar.set_postfix_str(f"{record.domain} {run_name(run)}")
+        measured[run] = _measure(model, prompt_ids, run, settings, eos, pad)
         bar.update()
-    baseline = measured.pop((BASELINE, None))
+    baseline = measured.pop(Run(BASELINE))
     entry = {"key": _prompt_key(record), "domain": record.domain, "source": record.source,
              "prompt_tokens": len(prompt_ids), "baseline": baseline, "runs": []}
-    for method, k in runs_of(settings):
-        run = measured[(method, k)]
-        run.update(method=method, k=k, mismatch_at=first_mismatch(run["token_ids"], baseline["token_ids"]))
+    for name in runs_of(settings):
+        run = measured[name]
+        run.update(method=name.method, k=name.k, lookup=name.lookup,
+                   mismatch_at=first_mismatch(run["token_ids"], baseline["token_ids"]))
         if run["mismatch_at"] is None:
             del run["token_ids"]  # the baseline's tokens; kept only where they differ
         entry["runs"].append(run)
@@ -236,7 +251,7 @@ def bench_prompts(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: 
     """
     eos = eos_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    runs = [(BASELINE, None)] + runs_of(settings)
+    runs = [Run(BASELINE)] + runs_of(settings)
     encoded = [encode_prompt(tokenizer, record.prompt, settings.chat_template) for record in records]
     done_by_key = {entry["key"]: entry for entry in done}
     sink = None
@@ -246,8 +261,8 @@ def bench_prompts(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: 
         sink.flush()
     # Warm-up (first-call allocations, lazy inits), untimed: a short run of each kind.
     warm = replace(settings, max_new_tokens=min(8, settings.max_new_tokens))
-    for method, k in runs:
-        _measure(model, encoded[0], method, k, warm, eos, pad)
+    for run in runs:
+        _measure(model, encoded[0], run, warm, eos, pad)
     order = random.Random(seed)
     results = []
     bar = tqdm(total=len(records) * len(runs), desc="bench", unit="run", file=sys.stderr, disable=not progress)
@@ -298,16 +313,17 @@ def summarize(results: list[dict], settings: Settings) -> dict:
         baseline = _aggregate([e["baseline"] for e in entries])
         block = {BASELINE: baseline, "runs": {}}
         lookup = None
-        for method, k in runs_of(settings):
-            runs = [run for e in entries for run in e["runs"] if (run["method"], run["k"]) == (method, k)]
+        for name in runs_of(settings):
+            runs = [run for e in entries for run in e["runs"] if run_of(run) == name]
             stats = _aggregate(runs)
-            stats.update(method=method, k=k, mismatches=sum(run["mismatch_at"] is not None for run in runs))
+            stats.update(method=name.method, k=name.k, lookup=name.lookup,
+                         mismatches=sum(run["mismatch_at"] is not None for run in runs))
             stats["speedup_vs_generate"] = stats["tokens_per_second"] / baseline["tokens_per_second"]
-            if k is not None:
-                stats["per_offset_acceptance"] = _offset_acceptance(runs, k)
-            if method == "prompt_lookup":
+            if name.k is not None:
+                stats["per_offset_acceptance"] = _offset_acceptance(runs, name.k)
+            if name.method == "prompt_lookup":
                 lookup = stats
-            block["runs"][run_name(method, k)] = stats
+            block["runs"][run_name(name)] = stats
         for stats in block["runs"].values():
             stats["speedup_vs_prompt_lookup"] = (
                 stats["tokens_per_second"] / lookup["tokens_per_second"] if lookup else None)
@@ -331,22 +347,22 @@ def tau_table(entries: list[dict], settings: Settings) -> dict:
              for drafter in acceptance.DRAFTERS}
     drafter = acceptance.DRAFTERS[0] if settings.use_sampler else acceptance.DRAFTERS[1]
     agreement = {}
-    for method, k in runs_of(settings):
-        if method not in acceptance.METHODS:
+    for name in runs_of(settings):
+        if name.method not in acceptance.METHODS:
             continue
-        groups = min(settings.groups, k + 1) if method == "quadratic" and settings.groups else None
+        groups = min(settings.groups, name.k + 1) if name.method == "quadratic" and settings.groups else None
         # One prompt's replayed τ equals its decoded τ exactly when the pass counts are equal.
-        pairs = [(run["steps"], len(acceptance.replay(e.get("draft_matches", {}).get(drafter, []), method, k,
+        pairs = [(run["steps"], len(acceptance.replay(e.get("draft_matches", {}).get(drafter, []), name.method, name.k,
                                                       e["baseline"]["new_tokens"], groups,
-                                                      e.get("lookup_matches") if settings.lookup else None)))
-                 for e in entries for run in e["runs"] if (run["method"], run["k"]) == (method, k)]
-        agreement[run_name(method, k)] = {"prompts": len(pairs), "same_passes": sum(a == b for a, b in pairs)}
+                                                      e.get("lookup_matches") if name.lookup else None)))
+                 for e in entries for run in e["runs"] if run_of(run) == name]
+        agreement[run_name(name)] = {"prompts": len(pairs), "same_passes": sum(a == b for a, b in pairs)}
     return {"tau": table, "replay_agreement": agreement}
 
 
 def mismatches(results: list[dict]) -> list[dict]:
     return [{"domain": e["domain"], "source": e["source"], "method": run["method"], "k": run["k"],
-             "first_mismatch_at": run["mismatch_at"]}
+             "lookup": run.get("lookup", False), "first_mismatch_at": run["mismatch_at"]}
             for e in results for run in e["runs"] if run["mismatch_at"] is not None]
 
 
@@ -539,15 +555,15 @@ def markdown(report: dict) -> str:
     bad = report["mismatches"]
     if bad:
         parts.append(f"**{len(bad)} of {total_runs} runs differ from `generate`:**")
-        parts += [f"- {m['source']} ({m['domain']}): {run_name(m['method'], m['k'])}, first at token "
+        parts += [f"- {m['source']} ({m['domain']}): {run_name(run_of(m))}, first at token "
                   f"{m['first_mismatch_at']}" for m in bad]
     else:
         parts.append(f"All {total_runs} greedy runs are token-identical to `generate` (0 mismatches).")
-    for method in ("linear", "quadratic"):
-        if method not in settings["methods"]:
+    for method, lookup in [(m, lu) for m in ("linear", "quadratic") for lu in (False, True)]:
+        if method not in settings["methods"] or (lookup and not settings.get("lookup")):
             continue
-        parts += ["", f"## τ (tokens per step), {method}", ""]
-        rows = [[d] + [_fmt(summary[d]["runs"][run_name(method, k)]["tokens_per_step"]) for k in k_list]
+        parts += ["", f"## τ (tokens per step), {method}{' + lookup' if lookup else ''}", ""]
+        rows = [[d] + [_fmt(summary[d]["runs"][run_name(Run(method, k, lookup))]["tokens_per_step"]) for k in k_list]
                 for d in domains]
         parts.append(_table(["domain"] + [f"k={k}" for k in k_list], rows))
     if "prompt_lookup" in settings["methods"]:
@@ -643,7 +659,7 @@ def figures(report: dict) -> dict[str, go.Figure]:
     def taus(domain: str, method: str) -> list[float]:
         if table_k:
             return summary[domain]["tau_table"]["tau"]["sampler"][method]
-        return [summary[domain]["runs"][run_name(method, k)]["tokens_per_step"] for k in ks]
+        return [summary[domain]["runs"][run_name(Run(method, k))]["tokens_per_step"] for k in ks]
     if methods:
         fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, shared_yaxes=True)
         for col, method in enumerate(methods, start=1):

@@ -235,9 +235,13 @@ def test_tau_table(tiny, tmp_path):
     assert main(bench_args(tiny, out3, "--limit", "1", "--k-list", "2", "--max-new-tokens", "12",
                            "--methods", "linear,quadratic", "--tau-table", "--lookup")) == 0
     report = json.loads((out3 / "bench.json").read_text())
-    assert report["mismatches"] == [] and sum(any(r["looked_up"]) for e in report["prompts"] for r in e["runs"]) >= 2
+    assert report["mismatches"] == []
+    assert sum(any(r["looked_up"]) for e in report["prompts"] for r in e["runs"] if r["lookup"]) >= 2
+    assert not any(any(r["looked_up"]) for e in report["prompts"] for r in e["runs"] if not r["lookup"])
     agreement = report["summary"]["all"]["tau_table"]["replay_agreement"]
+    assert sorted(agreement) == ["linear k=2", "linear k=2 + lookup", "quadratic k=2", "quadratic k=2 + lookup"]
     assert all(a["same_passes"] == a["prompts"] == 3 for a in agreement.values())
+    assert "## τ (tokens per step), quadratic + lookup" in (out3 / "results.md").read_text()
     # Only the baseline and the table: the cheap way to get τ for every k.
     out2 = tmp_path / "out2"
     assert main(bench_args(tiny, out2, "--limit", "1", "--k-list", "2", "--max-new-tokens", "6", "--methods", "none",

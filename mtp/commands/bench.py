@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drafts per pass of prompt lookup: transformers' prompt_lookup_num_tokens and the "
                              "engine's --lookup (default 10)")
     parser.add_argument("--lookup", action="store_true",
-                        help="the linear/quadratic runs also draft by prompt lookup (decoding's lookup option)")
+                        help="measure each linear/quadratic run also with prompt-lookup drafts (decoding's lookup "
+                             "option)")
     parser.add_argument("--no-chat-template", action="store_true", help="feed prompts raw, without the chat template")
     parser.add_argument("--tau-table", action="store_true",
                         help="also τ of linear and quadratic at every k up to the checkpoint's, with and without the "
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
                               tau_table_k=model.k if args.tau_table or args.cost_curve else 0)
     domains = sorted({r.domain for r in records})
     log.info("%d prompts (%s), runs per prompt: %s", len(records), ", ".join(domains),
-             ", ".join(bench.run_name(m, k) for m, k in bench.runs_of(settings)))
+             ", ".join(bench.run_name(run) for run in bench.runs_of(settings)))
     partial.parent.mkdir(parents=True, exist_ok=True)
     try:
         report = bench.benchmark(model, tokenizer, records, settings, model_name=args.model or EMBEDDED_NAME,
@@ -159,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     bad = report["mismatches"]
     log.info("greedy token identity: %d mismatches", len(bad))
     for m in bad:
-        log.warning("mismatch: %s %s first at token %s", m["source"], bench.run_name(m["method"], m["k"]),
+        log.warning("mismatch: %s %s first at token %s", m["source"], bench.run_name(bench.run_of(m)),
                     m["first_mismatch_at"])
     if args.save_defaults:
         best = report.get("defaults")
