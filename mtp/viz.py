@@ -133,13 +133,19 @@ def accept_reject_html(trace: Trace, tokenizer=None, upto_step: int | None = Non
     shown = trace.steps if upto_step is None else trace.steps[:max(0, upto_step)]
     spans = []
     for number, step in enumerate(shown, start=1):
-        spans.append(f'<span class="mtp-step" data-step="{number}" title="step {number}: {step.accepted}/'
-                     f'{len(step.drafts)} drafts accepted" style="border-left:1px dotted #999;margin-left:1px">')
+        # Drafts from prompt lookup (not the masks): the step is underlined, its tooltip says so.
+        source, underline = ((" from prompt lookup", "border-bottom:2px dashed #8e44ad;") if step.looked_up
+                             else ("", ""))
+        spans.append(f'<span class="mtp-step{" mtp-lookup" if step.looked_up else ""}" data-step="{number}" '
+                     f'title="step {number}: {step.accepted}/{len(step.drafts)} drafts{source} accepted" '
+                     f'style="border-left:1px dotted #999;margin-left:1px;{underline}">')
         for kind, token in step_tokens(step):
             spans.append(f'<span class="mtp-tok mtp-{kind}" style="{_style(kind)}">{_show(decode(token))}</span>')
         spans.append("</span>")
+    looked_up = sum(s.looked_up for s in shown)
     status = (f"step {len(shown)} of {len(trace.steps)} · {len(output_tokens(shown))} tokens · "
-              f"{sum(s.accepted for s in shown)} of {sum(len(s.drafts) for s in shown)} drafts accepted")
+              f"{sum(s.accepted for s in shown)} of {sum(len(s.drafts) for s in shown)} drafts accepted"
+              + (f" · prompt-lookup drafts in {looked_up} of them (dashed underline)" if looked_up else ""))
     return (legend_html() + f'<div class="mtp-status" style="font-size:0.85em;color:#666">{status}</div>'
             f'<div class="mtp-output" style="white-space:pre-wrap;line-height:1.7;font-family:monospace">'
             + "".join(spans) + "</div>")

@@ -31,11 +31,15 @@ def test_accept_reject_html_full_and_replay():
     assert spans(page, "rejected") == ["w", "j", "d"]
     assert spans(page, "bonus") == ["h", "o", "o"]
     assert "line-through" in page and "step 4 of 4 · 9 tokens · 6 of 9 drafts accepted" in page
+    # Step 4's drafts came from prompt lookup: marked, and counted in the status line.
+    assert page.count("mtp-lookup") == 1 and 'data-step="4" title="step 4: 2/3 drafts from prompt lookup' in page
+    assert "· prompt-lookup drafts in 1 of them (dashed underline)" in page
     for kind in ("accepted", "rejected", "bonus"):  # legend present with the same colours
         assert viz.COLORS[kind] in viz.legend_html()
     replay = viz.accept_reject_html(trace, tok, upto_step=2)
     assert spans(replay, "accepted") == ["e", "l", "l"] and spans(replay, "bonus") == ["h", "o"]
     assert spans(replay, "rejected") == [] and "step 2 of 4 · 5 tokens · 3 of 3 drafts accepted" in replay
+    assert "mtp-lookup" not in replay and "prompt lookup" not in replay
     assert "step 0 of 4" in viz.accept_reject_html(trace, tok, upto_step=0)
 
 
