@@ -258,7 +258,12 @@ class Demo:
         model = self.store.peek(*key)
         if model is not None:
             trained = "" if checkpoint != FRESH else " — untrained: drafts are poor, output is still exact"
-            return f"✅ Ready: {where} (k = {model.k}){trained}"
+            chosen = self.settings(model, checkpoint)
+            defaults = (f"decoding defaults: {chosen.method}, k = {chosen.k}"
+                        + (f", {chosen.groups} mask groups" if chosen.groups else "")
+                        + (f", up to {chosen.lookup} prompt-lookup drafts" if chosen.lookup else "")
+                        + f" ({chosen.source})")
+            return f"✅ Ready: {where} (k = {model.k}){trained} — {defaults}"
         if key in self.store.errors:
             return f"❌ Could not load {where}: {self.store.errors[key]}"
         if self.store.loading == key:

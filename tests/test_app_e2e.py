@@ -98,6 +98,12 @@ def test_future_heatmap(page: Page):
     shot(page, "heatmap")
 
 
+def test_status_names_the_decoding_defaults(page: Page):
+    # The shipped checkpoint carries measured CPU defaults; the status says what decoding will use.
+    status = page.inner_text("#model-status")
+    assert re.search(r"decoding defaults: (quadratic|linear), k = \d", status) and "(measured on " in status, status
+
+
 def test_accepted_vs_rejected(page: Page):
     # Open-ended text: the trained checkpoint accepts every draft of the factorial code at k=4, and
     # this tab must show rejections too.
