@@ -53,6 +53,7 @@ PAPER_ROW = {"math": "GSM8K (math)", "code": "HumanEval (code)", "instructions":
              "knowledge": "MMLU (knowledge)", "all": "average of 13"}
 CURVE_LENGTHS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50, 64, 81, 100)
 LM_HEAD_ROWS = (1, 2, 4, 8, 9, 16, 17, 25, 32, 64, 81)
+LOOKUP_RUNS = {"off": (False,), "on": (True,), "both": (False, True)}  # Settings.lookup -> Run.lookup values
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Settings:
     groups: int | None = None  # quadratic mask groups (None: k+1, the paper's layout)
     use_sampler: bool = True
     prompt_lookup_tokens: int = 10  # drafts per pass of prompt lookup: transformers' and the engine's
-    lookup: bool = False  # each linear/quadratic run is measured also with prompt-lookup drafts
+    lookup: str = "off"  # linear/quadratic runs with prompt-lookup drafts: off, on, or both (each run twice)
     chat_template: bool = True
     # τ of linear/quadratic at k = 1..tau_table_k (0: no table), with and without the sampler,
     # replayed from one teacher-forced pass over each greedy output (mtp.acceptance).
@@ -85,8 +86,7 @@ def runs_of(settings: Settings) -> list[Run]:
         if method in ("autoregressive", "prompt_lookup"):
             runs.append(Run(method))
         else:
-            runs.extend(Run(method, k, lookup) for k in settings.k_list
-                        for lookup in ((False, True) if settings.lookup else (False,)))
+            runs.extend(Run(method, k, lookup) for k in settings.k_list for lookup in LOOKUP_RUNS[settings.lookup])
     return runs
 
 
@@ -560,7 +560,7 @@ def markdown(report: dict) -> str:
     else:
         parts.append(f"All {total_runs} greedy runs are token-identical to `generate` (0 mismatches).")
     for method, lookup in [(m, lu) for m in ("linear", "quadratic") for lu in (False, True)]:
-        if method not in settings["methods"] or (lookup and not settings.get("lookup")):
+        if method not in settings["methods"] or lookup not in LOOKUP_RUNS[settings.get("lookup", "off")]:
             continue
         parts += ["", f"## τ (tokens per step), {method}{' + lookup' if lookup else ''}", ""]
         rows = [[d] + [_fmt(summary[d]["runs"][run_name(Run(method, k, lookup))]["tokens_per_step"]) for k in k_list]
@@ -659,7 +659,8 @@ def figures(report: dict) -> dict[str, go.Figure]:
     def taus(domain: str, method: str) -> list[float]:
         if table_k:
             return summary[domain]["tau_table"]["tau"]["sampler"][method]
-        return [summary[domain]["runs"][run_name(Run(method, k))]["tokens_per_step"] for k in ks]
+        lookup = LOOKUP_RUNS[settings.get("lookup", "off")][0]
+        return [summary[domain]["runs"][run_name(Run(method, k, lookup))]["tokens_per_step"] for k in ks]
     if methods:
         fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, shared_yaxes=True)
         for col, method in enumerate(methods, start=1):

@@ -193,7 +193,7 @@ def test_predict_prices_lookup_passes():
 
 @pytest.mark.parametrize("extra, message", [
     (["--methods", "linear,beam"], "unknown method"),
-    (["--methods", "autoregressive", "--lookup"], "--lookup applies to the linear and quadratic"),
+    (["--methods", "autoregressive", "--lookup", "on"], "--lookup applies to the linear and quadratic"),
     (["--k-list", "1,x"], "comma-separated integers"),
     (["--k-list", "0,2"], "at least 1"),
     (["--k-list", "2,2"], "repeats"),
@@ -233,7 +233,7 @@ def test_tau_table(tiny, tmp_path):
     # gives every decoded pass count and the output stays the baseline's.
     out3 = tmp_path / "out3"
     assert main(bench_args(tiny, out3, "--limit", "1", "--k-list", "2", "--max-new-tokens", "12",
-                           "--methods", "linear,quadratic", "--tau-table", "--lookup")) == 0
+                           "--methods", "linear,quadratic", "--tau-table", "--lookup", "both")) == 0
     report = json.loads((out3 / "bench.json").read_text())
     assert report["mismatches"] == []
     assert sum(any(r["looked_up"]) for e in report["prompts"] for r in e["runs"] if r["lookup"]) >= 2
@@ -242,6 +242,11 @@ def test_tau_table(tiny, tmp_path):
     assert sorted(agreement) == ["linear k=2", "linear k=2 + lookup", "quadratic k=2", "quadratic k=2 + lookup"]
     assert all(a["same_passes"] == a["prompts"] == 3 for a in agreement.values())
     assert "## τ (tokens per step), quadratic + lookup" in (out3 / "results.md").read_text()
+    out4 = tmp_path / "out4"  # lookup only
+    assert main(bench_args(tiny, out4, "--limit", "1", "--k-list", "2", "--max-new-tokens", "6",
+                           "--methods", "quadratic", "--lookup", "on")) == 0
+    report = json.loads((out4 / "bench.json").read_text())
+    assert list(report["summary"]["all"]["runs"]) == ["quadratic k=2 + lookup"] and report["mismatches"] == []
     # Only the baseline and the table: the cheap way to get τ for every k.
     out2 = tmp_path / "out2"
     assert main(bench_args(tiny, out2, "--limit", "1", "--k-list", "2", "--max-new-tokens", "6", "--methods", "none",

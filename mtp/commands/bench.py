@@ -31,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-lookup-tokens", type=int, default=10,
                         help="drafts per pass of prompt lookup: transformers' prompt_lookup_num_tokens and the "
                              "engine's --lookup (default 10)")
-    parser.add_argument("--lookup", action="store_true",
-                        help="measure each linear/quadratic run also with prompt-lookup drafts (decoding's lookup "
-                             "option)")
+    parser.add_argument("--lookup", choices=("off", "on", "both"), default="off",
+                        help="linear/quadratic runs with prompt-lookup drafts (decoding's lookup option): off "
+                             "(default), on, or both (each run measured with and without)")
     parser.add_argument("--no-chat-template", action="store_true", help="feed prompts raw, without the chat template")
     parser.add_argument("--tau-table", action="store_true",
                         help="also τ of linear and quadratic at every k up to the checkpoint's, with and without the "
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.lookup and not {"linear", "quadratic"} & set(methods):
+    if args.lookup != "off" and not {"linear", "quadratic"} & set(methods):
         raise UsageError("--lookup applies to the linear and quadratic methods, and --methods has neither")
     if args.groups is not None and "quadratic" not in methods:
         raise UsageError("--groups applies to the quadratic method, which is not in --methods")
