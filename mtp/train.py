@@ -447,8 +447,9 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None,
                    if theirs.get(n) != getattr(config, n)]
         if changed:
             raise TrainError(f"cannot resume {out}: the config changed the adapter ({'; '.join(changed)})")
-        differs = [n for n, v in asdict(config).items() if n not in MODEL_FIELDS + ("steps", "save_every")
-                   and theirs.get(n) != v]
+        # More or fewer steps only extend or cut a constant schedule; a cosine one's horizon moves.
+        free = ("save_every",) + (("steps",) if config.schedule == "constant" else ())
+        differs = [n for n, v in asdict(config).items() if n not in MODEL_FIELDS + free and theirs.get(n) != v]
         if differs:
             log.warning("resuming with changed settings %s: not an exact continuation",
                         {n: (theirs.get(n), getattr(config, n)) for n in differs})

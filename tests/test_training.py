@@ -218,6 +218,16 @@ def test_exponent_without_a_dot_reads_as_a_float(tmp_path):
         TrainConfig.from_dict({"lr": "fast"})
 
 
+def test_resume_warns_when_the_continuation_is_not_exact(tmp_path, caplog):
+    for schedule, warned in (("constant", False), ("cosine", True)):
+        train(config_for(tmp_path, schedule, steps=2, schedule=schedule), loaded=tiny_loaded(), progress=False)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="mtp.train"):
+            train(config_for(tmp_path, schedule, steps=3, schedule=schedule), resume=True, loaded=tiny_loaded(),
+                  progress=False)
+        assert ("resuming with changed settings {'steps': (2, 3)}" in caplog.text) == warned, caplog.text
+
+
 def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path):
     config = config_for(tmp_path, "run", steps=2)
     train(config, loaded=tiny_loaded(), progress=False)
