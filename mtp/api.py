@@ -87,7 +87,8 @@ def decoding_settings(model: MTPModel, checkpoint_dir: str | Path | None, method
     if groups is None and entry["groups"] is not None and entry["groups"] <= k + 1:
         groups, used = entry["groups"], True
     if lookup is None:
-        lookup, used = entry.get("lookup", 0), used or bool(entry.get("lookup", 0))
+        lookup = entry.get("lookup", 0)
+        used = used or bool(lookup)
     source = f"measured on {entry['machine']} ({entry['created']})" if used else BUILT_IN
     return DecodingSettings(entry["method"], k, groups, lookup, source)
 

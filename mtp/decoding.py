@@ -330,14 +330,15 @@ def generate(
         # Next step's drafts: prompt lookup if it finds any, else the mask group after the last
         # accepted token (if it was fed).
         next_drafts, draft_probs, next_looked_up = [], None, False
+        context = list(prompt_ids) + out if not done and (lookup or draft_override) else []
         if not done and lookup:
-            next_drafts = lookup_drafts(list(prompt_ids) + out, lookup)
+            next_drafts = lookup_drafts(context, lookup)
             next_looked_up = bool(next_drafts)
             if next_looked_up and not sampling.greedy:
                 draft_probs = _one_hot(next_drafts, vocab, device)
         if not done and hidden is not None and not next_looked_up:
             next_drafts, draft_probs = draft(model, hidden, group_logits, bonus, sampling, use_sampler)
-            forced = draft_override(len(trace.steps), list(prompt_ids) + out, k) if draft_override else None
+            forced = draft_override(len(trace.steps), context, k) if draft_override else None
             if forced is not None:
                 next_drafts = list(forced)[:k]
                 draft_probs = None if sampling.greedy else _one_hot(next_drafts, vocab, device)
