@@ -557,8 +557,10 @@ def markdown(report: dict) -> str:
         parts.append(f"**{len(bad)} of {total_runs} runs differ from `generate`:**")
         parts += [f"- {m['source']} ({m['domain']}): {run_name(run_of(m))}, first at token "
                   f"{m['first_mismatch_at']}" for m in bad]
-    else:
+    elif total_runs:
         parts.append(f"All {total_runs} greedy runs are token-identical to `generate` (0 mismatches).")
+    else:
+        parts.append("No decoded run to compare (`--methods none`): τ below is replayed from the teacher-forced table.")
     for method, lookup in [(m, lu) for m in ("linear", "quadratic") for lu in (False, True)]:
         if method not in settings["methods"] or lookup not in LOOKUP_RUNS[settings.get("lookup", "off")]:
             continue
