@@ -40,13 +40,13 @@ def chosen_checkpoint(model: str | None, checkpoint: str | Path | None) -> Path 
 
 def load_mtp(model: str | None = None, checkpoint: str | Path | None = None, *,
              device: str | torch.device | None = None, k: int = 8,
-             trust_remote_code: bool = False) -> tuple[MTPModel, PreTrainedTokenizerBase]:
+             trust_remote_code: bool = False, cpu_linear: str = "onednn") -> tuple[MTPModel, PreTrainedTokenizerBase]:
     """Base model (embedded by default) + checkpoint (shipped one by default for the embedded model).
 
     Without any checkpoint, a fresh untrained adapter with `k` masks is attached: drafts are then
-    poor but decoding stays exact.
+    poor but decoding stays exact. cpu_linear: the base model's CPU linear kernel (models.load_model).
     """
-    loaded = load_model(model, device=device, trust_remote_code=trust_remote_code)
+    loaded = load_model(model, device=device, trust_remote_code=trust_remote_code, cpu_linear=cpu_linear)
     checkpoint = chosen_checkpoint(model, checkpoint)
     if checkpoint is None:
         mtp_model = adapter.create(loaded.model, loaded.identity, k=k)

@@ -36,7 +36,7 @@ from . import acceptance, decoding
 from .adapter import MTPModel
 from .config import DEFAULTS_METHODS, write_atomic
 from .data import PromptRecord
-from .models import encode_prompt
+from .models import cpu_linear_of, encode_prompt
 
 METHODS = ("autoregressive", "linear", "quadratic", "prompt_lookup")
 BASELINE = "generate"
@@ -497,7 +497,7 @@ def predict(results: list[dict], curve: dict, settings: Settings) -> list[dict]:
 
 
 # -- machine and provenance -----------------------------------------------------------------------
-def machine_info(device: torch.device) -> dict:
+def machine_info(device: torch.device, cpu_linear: str) -> dict:
     cpu = platform.processor()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -505,7 +505,7 @@ def machine_info(device: torch.device) -> dict:
         pass
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "torch_threads": torch.get_num_threads(), "device": str(device),
+            "torch_threads": torch.get_num_threads(), "device": str(device), "cpu_linear": cpu_linear,
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -543,7 +543,9 @@ def markdown(report: dict) -> str:
         f"(k={report['model']['k']}, sampler {'on' if settings['use_sampler'] else 'off'}"
         f"{'' if settings['groups'] is None else ', quadratic groups ' + str(settings['groups'])})  ",
         f"Machine: {machine['cpu']} ({machine['cpu_count']} cores, torch {machine['torch']}, "
-        f"{machine['torch_threads']} threads, device {machine['device']}), load average at start "
+        f"{machine['torch_threads']} threads, device {machine['device']}"
+        f"{', CPU linear kernel ' + machine.get('cpu_linear', 'torch') if machine['device'] == 'cpu' else ''}), "
+        "load average at start "
         f"{machine['load_average']}  ",
         f"Prompts: {len(report['prompts'])} ({counts}),"
         f" {settings['max_new_tokens']} new tokens max, chat template {'on' if settings['chat_template'] else 'off'}.",
@@ -751,7 +753,7 @@ def benchmark(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: list
     report = {
         "command": command, "argv": sys.argv,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(device),
+        "machine": machine_info(device, cpu_linear_of(model)),
         "model": {"name": model_name, "checkpoint": checkpoint, "k": model.k, "sampler": model.sampler is not None},
         "settings": asdict(settings),
     }
@@ -778,6 +780,7 @@ def benchmark(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: list
                 "predicted_speedup_vs_autoregressive": best["predicted_speedup_vs_autoregressive"],
                 "tokens_per_step": best["tokens_per_step"], "device": str(device),
                 "machine": machine.get("gpu", machine["cpu"]), "torch_threads": machine["torch_threads"],
+                "cpu_linear": machine["cpu_linear"],
                 "model": model_name, "checkpoint": checkpoint, "use_sampler": settings.use_sampler,
                 "prompts": len(records), "created": report["created"], "command": command,
                 "basis": "cost curve (warm cache) x each prompt's pass sequence replayed from teacher-forced drafts",

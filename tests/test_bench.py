@@ -69,6 +69,7 @@ def test_bench_end_to_end(tiny, tmp_path):
             "cost_curve", "predictions", "defaults"} <= set(report)
     assert report["command"].startswith("python -m mtp bench --prompts ") and "--limit 2" in report["command"]
     assert report["machine"]["torch_threads"] == 1 and report["model"]["k"] == 4
+    assert report["machine"]["cpu_linear"] == "onednn"  # load_model's CPU default
     # --limit 2 per domain: 2 math + 2 code + 1 chat (domain field), in file order.
     assert [e["domain"] for e in report["prompts"]] == ["math", "math", "code", "code", "chat"]
     assert [e["source"] for e in report["prompts"]][:2] == ["gsm8k.jsonl:1", "gsm8k.jsonl:2"]
@@ -107,8 +108,9 @@ def test_bench_end_to_end(tiny, tmp_path):
     assert (defaults["method"], defaults["k"], defaults["groups"]) == (
         mtp_ranked[0]["method"], mtp_ranked[0]["k"], mtp_ranked[0]["groups"])
     assert read_decoding_defaults(checkpoint, "cpu") == {name: defaults[name] for name in DEFAULTS_FIELDS}
-    assert "--save-defaults" in defaults["command"]
+    assert "--save-defaults" in defaults["command"] and defaults["cpu_linear"] == "onednn"
     markdown = (out / "results.md").read_text()
+    assert "1 threads, device cpu, CPU linear kernel onednn)" in markdown
     assert "0 mismatches" in markdown and "| domain | k=1 | k=2 | k=4 |" in markdown
     assert "| quadratic k=4 |" in markdown and "Cost curve" in markdown
     assert "than plain decoding on this device" in markdown

@@ -147,6 +147,20 @@ def test_measured_defaults_are_used(tiny, tmp_path) -> None:
     assert record["lookup"] == 0 and record["token_ids"] == _reference(loaded, prompt, 6)
 
 
+def test_cpu_linear_choice(tiny) -> None:
+    """torch's own CPU kernel on request gives the same greedy output; an unknown kernel is refused."""
+    model_dir, checkpoint, loaded = tiny
+    base = ["--prompt", "Count to five.", "--model", str(model_dir), "--checkpoint", str(checkpoint),
+            "--max-new-tokens", "8", "--json"]
+    for kernel in ("torch", "onednn"):
+        result = mtp_generate(*base, "--cpu-linear", kernel)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["token_ids"] == _reference(loaded, "Count to five.", 8)
+    result = mtp_generate(*base, "--cpu-linear", "mkl")
+    assert result.returncode == 2 and "argument --cpu-linear: invalid choice: 'mkl'" in result.stderr
+    assert result.stdout == ""
+
+
 @pytest.mark.parametrize("args, message", [
     (["--prompt", "  "], "the prompt is empty"),
     (["--prompt", "x", "--temperature", "-0.5"], "--temperature must be >= 0"),

@@ -79,3 +79,54 @@ def test_corrupt_gguf_is_a_clear_error(tmp_path, monkeypatch):
         models.resolve_source(None)
     # Nothing half-written is left in the cache.
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_onednn_linear_matches_torch_and_keeps_autograd():
+    torch.manual_seed(0)
+    for bias in (True, False):
+        reference = torch.nn.Linear(48, 80, bias=bias)
+        onednn = torch.nn.Linear(48, 80, bias=bias)
+        onednn.load_state_dict(reference.state_dict())
+        assert models.set_cpu_linear(onednn, "onednn") == 1 and type(onednn) is models.OneDnnLinear
+        for shape in ((1, 48), (9, 48), (2, 13, 48), (0, 48)):
+            x = torch.randn(shape)
+            with torch.inference_mode():
+                assert torch.allclose(onednn(x), reference(x), atol=1e-5)
+        # In grad mode the module takes nn.Linear's path: same numbers, gradients flow to the input.
+        x = torch.randn(5, 48, requires_grad=True)
+        out = onednn(x)
+        assert torch.equal(out, reference(x))
+        out.sum().backward()
+        assert x.grad is not None and torch.allclose(x.grad, reference.weight.sum(0).expand(5, 48))
+
+
+def test_set_cpu_linear_round_trip_keeps_weights_and_outputs(tiny_family):
+    model = tiny_model(tiny_family)
+    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    state = {name: t.clone() for name, t in model.state_dict().items()}
+    ids = torch.tensor([[3, 17, 42, 99, 5]])
+    with torch.no_grad():
+        before = model(ids).logits
+        assert models.set_cpu_linear(model, "onednn") == linears and models.cpu_linear_of(model) == "onednn"
+        onednn = model(ids).logits
+        assert models.set_cpu_linear(model, "torch") == linears and models.cpu_linear_of(model) == "torch"
+        after = model(ids).logits
+    assert torch.allclose(onednn, before, atol=1e-5) and torch.equal(after, before)
+    assert all(torch.equal(state[name], t) for name, t in model.state_dict().items())
+    with pytest.raises(ValueError, match="unknown CPU linear kernel 'mkl'"):
+        models.set_cpu_linear(model, "mkl")
+
+
+def test_load_model_runs_onednn_on_cpu_by_default(smollm2):
+    assert torch.backends.mkldnn.is_available()  # the CPU builds we ship for have it
+    assert models.cpu_linear_of(smollm2.model) == "onednn"
+    plain = load_model(cpu_linear="torch")
+    assert models.cpu_linear_of(plain.model) == "torch"
+    # Same weights, fp32 both: greedy output of transformers' generate does not change with the kernel.
+    ids = torch.tensor([encode_prompt(smollm2.tokenizer, "Write a Python function that reverses a list.")])
+    outputs = [loaded.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=40,
+                                     pad_token_id=smollm2.tokenizer.pad_token_id)
+               for loaded in (smollm2, plain)]
+    assert torch.equal(outputs[0], outputs[1])
+    with pytest.raises(ValueError, match="unknown CPU linear kernel 'fast'"):
+        load_model(cpu_linear="fast")

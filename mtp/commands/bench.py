@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 
 from ..__main__ import UsageError
+from .generate import add_cpu_linear_argument
 
 log = logging.getLogger("mtp.bench")
 DEFAULT_K_LIST = (1, 2, 4, 8)
@@ -48,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from OUT/partial.jsonl (same options) instead of starting afresh")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    add_cpu_linear_argument(parser)
 
 
 def _int_list(text: str, name: str) -> tuple[int, ...]:
@@ -131,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     if args.save_defaults and checkpoint is None:
         raise UsageError("--save-defaults needs a checkpoint to save them in: pass --checkpoint DIR")
     try:
-        model, tokenizer = load_mtp(args.model, checkpoint, k=max(k_list or DEFAULT_K_LIST))
+        model, tokenizer = load_mtp(args.model, checkpoint, k=max(k_list or DEFAULT_K_LIST),
+                                    cpu_linear=args.cpu_linear)
     except (CheckpointError, ModelSourceError) as error:
         raise UsageError(str(error)) from None
     if k_list is None:

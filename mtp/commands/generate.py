@@ -44,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible runs)")
     parser.add_argument("--no-chat-template", action="store_true", help="feed the prompt raw, without the chat template")
     parser.add_argument("--json", action="store_true", help="print one JSON object per prompt on stdout")
+    add_cpu_linear_argument(parser)
+
+
+def add_cpu_linear_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cpu-linear", choices=("onednn", "torch"), default="onednn",
+                        help="how the model's linear layers run on CPU: oneDNN's fp32 matmul (default; cheaper for "
+                             "multi-token passes) or torch's default kernel")
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -125,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
     checkpoint = chosen_checkpoint(args.model, args.checkpoint)
     try:
-        model, tokenizer = load_mtp(args.model, checkpoint, k=args.k or 8)
+        model, tokenizer = load_mtp(args.model, checkpoint, k=args.k or 8, cpu_linear=args.cpu_linear)
         method, k, groups, lookup, source = decoding_settings(model, checkpoint, args.method, args.k, args.groups,
                                                               args.lookup)
     except (CheckpointError, ModelSourceError) as error:
