@@ -136,8 +136,9 @@ def resolve_source(source: str | None) -> tuple[str, str]:
 class OneDnnLinear(nn.Linear):
     """nn.Linear whose CPU inference forward is oneDNN's fp32 matmul: same weights, same precision.
 
-    Why: torch's CPU default (MKL sgemm) costs 4-5x more for 9-13 rows than for one on the CPUs we
-    measured, oneDNN about 3x, and a verify pass is 5-13 rows. Anything else (grad mode: the oneDNN
+    Why: a verify pass is 5-13 rows, and torch's CPU default (MKL sgemm) prices rows steeply: on the
+    AMD EPYC we measured (one 576->1536 projection, 1 thread) 9 rows cost 5.3x one row with MKL and
+    3.0x with oneDNN, at equal cost for one row. Anything else (grad mode: the oneDNN
     op has no backward; another device or dtype) takes nn.Linear's own path.
     """
 
