@@ -92,6 +92,23 @@ def test_smollm2_lossless(smollm2):
     assert (masked_pass(model, ids, k=4, gate=True) - plain).abs().max().item() > 1e-2
 
 
+def test_inference_lora_update_matches_the_module_path(tiny_family):
+    """Decoding's fused update (masks last, eval, no grad) equals peft's module calls (grad mode)."""
+    model = make(tiny_family).eval()
+    ids = list(range(3, 15))
+    layout = step_layout(ids, 0, 4, [len(ids) - 1])  # the k masks after the last token: an open slice
+    args = (layout.input_ids[None], layout.position_ids[None], layout.attention[None])
+    with torch.no_grad():
+        fused = model(*args).hidden
+    with torch.enable_grad():
+        modules = model(*args).hidden
+    assert torch.allclose(fused, modules, atol=1e-6)
+    assert torch.equal(fused[0, :len(ids)], modules[0, :len(ids)])  # real tokens: no update either way
+    with torch.no_grad():
+        closed = model(*args, gate=False).hidden
+    assert (fused[0, len(ids):] - closed[0, len(ids):]).abs().max() > 1e-3  # the masks' rows did get the update
+
+
 def test_concurrent_calls_keep_their_own_gate():
     model = make("llama", k=4)
     layouts = [step_layout([1, 2, 3, 4, 5, 6], 0, 4, [5]), step_layout([7, 8, 9], 0, 4, [0, 1, 2])]
