@@ -149,13 +149,17 @@ class OneDnnLinear(nn.Linear):
         return super().forward(x)
 
 
+def _check_cpu_linear(kernel: str) -> None:
+    if kernel not in CPU_LINEAR_KERNELS:
+        raise ValueError(f"unknown CPU linear kernel '{kernel}': choose one of {', '.join(CPU_LINEAR_KERNELS)}")
+
+
 def set_cpu_linear(model: nn.Module, kernel: str) -> int:
     """Run every plain nn.Linear of `model` with `kernel` (CPU_LINEAR_KERNELS); returns how many switched.
 
     The modules keep their parameters (tied weights stay tied): only the class changes.
     """
-    if kernel not in CPU_LINEAR_KERNELS:
-        raise ValueError(f"unknown CPU linear kernel '{kernel}': choose one of {', '.join(CPU_LINEAR_KERNELS)}")
+    _check_cpu_linear(kernel)
     if kernel == "onednn" and not torch.backends.mkldnn.is_available():
         raise ValueError("this torch build has no oneDNN (mkldnn): use the 'torch' CPU linear kernel")
     source, target = (nn.Linear, OneDnnLinear) if kernel == "onednn" else (OneDnnLinear, nn.Linear)
@@ -185,8 +189,7 @@ def load_model(
     cpu_linear: how its linear layers run on CPU at inference (CPU_LINEAR_KERNELS; the default,
     oneDNN, falls back to torch's kernel where the torch build has no oneDNN).
     """
-    if cpu_linear not in CPU_LINEAR_KERNELS:
-        raise ValueError(f"unknown CPU linear kernel '{cpu_linear}': choose one of {', '.join(CPU_LINEAR_KERNELS)}")
+    _check_cpu_linear(cpu_linear)  # before the slow load
     name, location = resolve_source(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)

@@ -130,3 +130,13 @@ def test_load_model_runs_onednn_on_cpu_by_default(smollm2):
     assert torch.equal(outputs[0], outputs[1])
     with pytest.raises(ValueError, match="unknown CPU linear kernel 'fast'"):
         load_model(cpu_linear="fast")
+
+
+def test_cli_offers_exactly_the_cpu_linear_kernels():
+    import argparse
+
+    from mtp.commands import add_cpu_linear_argument
+    parser = argparse.ArgumentParser()
+    add_cpu_linear_argument(parser)
+    action = next(a for a in parser._actions if a.dest == "cpu_linear")
+    assert tuple(action.choices) == models.CPU_LINEAR_KERNELS and action.default == models.CPU_LINEAR_KERNELS[0]

@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 
 from ..__main__ import UsageError
-from .generate import add_cpu_linear_argument
+from . import add_cpu_linear_argument
 
 log = logging.getLogger("mtp.bench")
 DEFAULT_K_LIST = (1, 2, 4, 8)

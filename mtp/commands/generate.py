@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..__main__ import UsageError
+from . import add_cpu_linear_argument
 
 log = logging.getLogger("mtp.generate")
 METHODS = ("autoregressive", "linear", "quadratic")
@@ -46,11 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object per prompt on stdout")
     add_cpu_linear_argument(parser)
 
-
-def add_cpu_linear_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cpu-linear", choices=("onednn", "torch"), default="onednn",
-                        help="how the model's linear layers run on CPU: oneDNN's fp32 matmul (default; cheaper for "
-                             "multi-token passes) or torch's default kernel")
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
