@@ -100,6 +100,28 @@ def test_onednn_linear_matches_torch_and_keeps_autograd():
         assert x.grad is not None and torch.allclose(x.grad, reference.weight.sum(0).expand(5, 48))
 
 
+def test_onednn_linear_packs_the_weight_once_and_repacks_when_it_changes():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 96)
+    models.set_cpu_linear(layer, "onednn")
+    x = torch.randn(9, 64)
+    with torch.inference_mode():
+        # Several rows run on the packed copy: the same numbers as oneDNN on the plain weight.
+        plain = torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+        assert torch.equal(layer(x), plain)
+        packed = layer.packed_weight()
+        assert layer(x[:5]) is not None and layer.packed_weight() is packed  # cached between calls
+        # One row keeps the plain weight's matrix-vector kernel.
+        assert torch.equal(layer(x[:1]), torch.ops.mkldnn._linear_pointwise(x[:1], layer.weight, layer.bias,
+                                                                             "none", [], ""))
+    with torch.no_grad():
+        layer.weight.mul_(2)  # an in-place update (a loaded state dict, an optimizer step) repacks
+    with torch.inference_mode():
+        assert layer.packed_weight() is not packed
+        assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-5)
+    models.set_cpu_linear(layer, "torch")
+    assert "_packed" not in layer.__dict__  # switching kernels drops the copy
+
 def test_set_cpu_linear_round_trip_keeps_weights_and_outputs(tiny_family):
     model = tiny_model(tiny_family)
     linears = sum(type(m) is torch.nn.Linear for m in model.modules())
