@@ -74,7 +74,8 @@ class GatedLoraLinear(LoraLinear):
             rows = flat.index_select(0, gate.rows)
         # Inference with the masks last (decoding): one mm and one in-place addmm on a view per layer,
         # no module calls, same numbers. SmolLM2 on 2 cores: 40 -> 37 ms for a pass with 8 masks; the
-        # median quadratic k=8, 2-group decoding step (16 masks) 71 -> 56 ms (docs/bench/step11993_fused_lora).
+        # median quadratic k=8, 2-group decoding step (16 masks) 71 -> 56 ms (docs/bench/step11993_fused_lora,
+        # before the packed oneDNN weights).
         fused = gate.start is not None and not self.training and not torch.is_grad_enabled()
         for name in self.active_adapters:
             if name not in self.lora_A:

@@ -104,9 +104,11 @@ def accept(target_logits: torch.Tensor, drafts: Sequence[int], draft_probs: torc
     return len(drafts), sampling.draw(p[len(drafts)])
 
 
-# One lm_head call on r rows costs ~6.5 ms + ~0.4 ms per row on 2 CPU cores up to ~32 rows (reading
-# the 28M-parameter head dominates), so while the rows stay few, verify computes the mask groups'
-# logits in the same call as the verified rows instead of a second call for the surviving group.
+# One lm_head call on r rows has a fixed cost (reading the 28M-parameter head) and a small cost per
+# row: on 2 CPU cores ~6.5 ms + ~0.4 ms per row up to ~32 rows with oneDNN re-packing the weight
+# every call, ~1.4 ms + ~0.1 ms per row with it packed once (docs/bench/step14793_defaults). So while
+# the rows stay few, verify computes the mask groups' logits in the same call as the verified rows
+# instead of a second call for the surviving group.
 MERGED_LOGITS_MAX_ROWS = 32
 
 
