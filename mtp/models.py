@@ -167,6 +167,12 @@ class OneDnnLinear(nn.Linear):
             self.__dict__["_packed"] = cached
         return cached[1]
 
+    def __getstate__(self) -> dict:
+        # oneDNN's packed tensor has no storage to copy or pickle: deepcopy and torch.save re-pack later.
+        state = dict(super().__getstate__())
+        state.pop("_packed", None)
+        return state
+
 
 def _check_cpu_linear(kernel: str) -> None:
     if kernel not in CPU_LINEAR_KERNELS:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+import io
 
 import pytest
 import torch
@@ -119,6 +121,14 @@ def test_onednn_linear_packs_the_weight_once_and_repacks_when_it_changes():
     with torch.inference_mode():
         assert layer.packed_weight() is not packed
         assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-5)
+    # The packed copy is not state: copies and saved modules re-pack when they run.
+    clone = copy.deepcopy(layer)
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with torch.inference_mode():
+        assert torch.equal(clone(x), layer(x)) and torch.equal(loaded(x), layer(x))
     models.set_cpu_linear(layer, "torch")
     assert "_packed" not in layer.__dict__  # switching kernels drops the copy
 
