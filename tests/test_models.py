@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import importlib.util
 import io
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from mtp import models
+from mtp.commands import add_cpu_linear_argument
 from mtp.models import EMBEDDED_NAME, ModelSourceError, encode_prompt, load_model
 from tests.conftest import tiny_model
 
@@ -126,11 +128,13 @@ def test_onednn_linear_packs_the_weight_once_and_repacks_when_it_changes():
     buffer = io.BytesIO()
     torch.save(layer, buffer)
     buffer.seek(0)
-    loaded = torch.load(buffer, weights_only=False)
+    with torch.serialization.safe_globals([models.OneDnnLinear]):
+        loaded = torch.load(buffer, weights_only=True)
     with torch.inference_mode():
         assert torch.equal(clone(x), layer(x)) and torch.equal(loaded(x), layer(x))
     models.set_cpu_linear(layer, "torch")
     assert "_packed" not in layer.__dict__  # switching kernels drops the copy
+
 
 def test_set_cpu_linear_round_trip_keeps_weights_and_outputs(tiny_family):
     model = tiny_model(tiny_family)
@@ -165,9 +169,6 @@ def test_load_model_runs_onednn_on_cpu_by_default(smollm2):
 
 
 def test_cli_offers_exactly_the_cpu_linear_kernels():
-    import argparse
-
-    from mtp.commands import add_cpu_linear_argument
     parser = argparse.ArgumentParser()
     add_cpu_linear_argument(parser)
     action = next(a for a in parser._actions if a.dest == "cpu_linear")

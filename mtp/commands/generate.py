@@ -48,7 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_cpu_linear_argument(parser)
 
 
-
 def _check_arguments(args: argparse.Namespace) -> None:
     """Everything that can be refused before the model loads."""
     if args.prompt is not None and not args.prompt.strip():
