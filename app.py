@@ -57,9 +57,9 @@ MAX_LOADED_MODELS = 3
 
 PROMPT_SETS = {
     "math (GSM8K train)": ("gsm8k",),
-    "code (Code Alpaca)": ("code_alpaca",),
+    "code (Code Alpaca, stdlib stubs)": ("code_alpaca", "code_python_stdlib"),
     "chat (Self-Instruct)": ("self_instruct",),
-    "mix of all three": ("gsm8k", "code_alpaca", "self_instruct"),
+    "mix of all three": ("gsm8k", "code_alpaca", "code_python_stdlib", "self_instruct"),
 }
 USER_ERRORS = (ValueError, CheckpointError, ModelSourceError)
 
