@@ -1,4 +1,5 @@
-"""python -m mtp distill: malformed lines reported as file:line and skipped; resumable; deterministic."""
+"""python -m mtp distill: malformed lines reported as file:line and skipped; resumable; deterministic;
+the bundled training prompts and distilled mixes are disjoint from the eval sets."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 import pytest
 
 from mtp.__main__ import main as cli
-from mtp.data import read_prompts
+from mtp.data import ASSETS, BUNDLED_TRAIN, EVAL_SETS, read_prompt_files, read_prompts
 from tests.train_helpers import tiny_model_dir
 
 
@@ -79,3 +80,21 @@ def test_gzipped_prompt_files_are_read(tmp_path):
     packed.write_bytes(gzip.compress(plain.read_bytes()))
     assert [(r.prompt, r.domain) for r in read_prompts(packed)] == [(r.prompt, r.domain) for r in read_prompts(plain)]
     assert len(read_prompts(packed)) == 4
+
+
+def test_bundled_training_data_is_disjoint_from_the_eval_sets():
+    eval_prompts = {r.prompt for r in read_prompt_files([ASSETS / "eval" / f"{name}.jsonl" for name in EVAL_SETS.values()])}
+    train = read_prompt_files(BUNDLED_TRAIN)
+    assert {r.domain for r in train} == {"math", "code", "chat"}
+    assert not eval_prompts & {r.prompt for r in train}
+    mixes = sorted((ASSETS.parent / "distilled").glob("smollm2_*.jsonl.gz"))
+    assert mixes and not eval_prompts & {r.prompt for r in read_prompt_files(mixes)}
+
+
+def test_standard_library_stubs_have_no_bodies():
+    stubs = read_prompts(ASSETS / "train" / "code_python_stdlib.jsonl")
+    assert len(stubs) > 1000 and {r.domain for r in stubs} == {"code"}
+    for record in stubs:
+        code = record.prompt.split("\n\n", 1)[1]
+        assert code.startswith("def ") and code.rstrip().endswith('"""'), record.source
+        assert code.count('"""') == 2, record.source
