@@ -52,27 +52,25 @@ def stub(function) -> str | None:
 
 def main() -> None:
     warnings.simplefilter("ignore")
-    seen, rows = set(), []
-    for module_name in sorted(sys.stdlib_module_names):
-        if module_name in SKIP or module_name.startswith("_"):
-            continue
-        try:
-            module = importlib.import_module(module_name)
-        except Exception:  # platform-only modules (msvcrt, winreg, ...) are simply absent
-            continue
-        for qualified, function in documented_functions(module):
-            text = stub(function)
-            if text is None or text in seen:
+    seen, rng = set(), random.Random(0)
+    partial = OUT.with_suffix(".partial")  # renamed into place at the end: never a half-written file
+    with open(partial, "w", encoding="utf-8") as handle:
+        for module_name in sorted(sys.stdlib_module_names):
+            if module_name in SKIP or module_name.startswith("_"):
                 continue
-            seen.add(text)
-            rows.append({"module": module_name, "name": qualified, "stub": text})
-    rng = random.Random(0)
-    with open(OUT, "w", encoding="utf-8") as handle:
-        for row in rows:
-            prompt = f"{rng.choice(INSTRUCTIONS)}\n\n{row['stub']}"
-            handle.write(json.dumps({"prompt": prompt, "domain": "code", "module": row["module"],
-                                     "name": row["name"]}) + "\n")
-    print(f"{len(rows)} prompts -> {OUT}")
+            try:
+                module = importlib.import_module(module_name)
+            except Exception:  # platform-only modules (msvcrt, winreg, ...) are simply absent
+                continue
+            for qualified, function in documented_functions(module):
+                text = stub(function)
+                if text is None or text in seen:
+                    continue
+                seen.add(text)
+                handle.write(json.dumps({"prompt": f"{rng.choice(INSTRUCTIONS)}\n\n{text}", "domain": "code",
+                                         "module": module_name, "name": qualified}) + "\n")
+    partial.replace(OUT)
+    print(f"{len(seen)} prompts -> {OUT}")
 
 
 if __name__ == "__main__":
