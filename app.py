@@ -57,9 +57,9 @@ MAX_LOADED_MODELS = 3
 
 PROMPT_SETS = {
     "math (GSM8K train)": ("gsm8k",),
-    "code (Code Alpaca, stdlib stubs)": ("code_alpaca", "code_python_stdlib"),
+    "code (Code Alpaca, stdlib and package stubs)": ("code_alpaca", "code_python_stdlib", "code_python_packages"),
     "chat (Self-Instruct)": ("self_instruct",),
-    "mix of all three": ("gsm8k", "code_alpaca", "code_python_stdlib", "self_instruct"),
+    "mix of all three": ("gsm8k", "code_alpaca", "code_python_stdlib", "code_python_packages", "self_instruct"),
 }
 USER_ERRORS = (ValueError, CheckpointError, ModelSourceError)
 

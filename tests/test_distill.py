@@ -91,8 +91,9 @@ def test_bundled_training_data_is_disjoint_from_the_eval_sets():
     assert mixes and not eval_prompts & {r.prompt for r in read_prompt_files(mixes)}
 
 
-def test_standard_library_stubs_have_no_bodies():
-    stubs = read_prompts(ASSETS / "train" / "code_python_stdlib.jsonl")
+@pytest.mark.parametrize("name", ["code_python_stdlib", "code_python_packages"])
+def test_code_stubs_have_no_bodies(name):
+    stubs = read_prompts(ASSETS / "train" / f"{name}.jsonl")
     assert len(stubs) > 1000 and {r.domain for r in stubs} == {"code"}
     for record in stubs:
         code = record.prompt.split("\n\n", 1)[1]
