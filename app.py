@@ -55,11 +55,11 @@ MAX_TRAIN_STEPS = 300
 MAX_TRAIN_PROMPTS = 64
 MAX_LOADED_MODELS = 3
 
-PROMPT_SETS = {
+PROMPT_SETS = {  # name fragments of the files in assets/prompts/train
     "math (GSM8K train)": ("gsm8k",),
-    "code (Code Alpaca, stdlib and package stubs)": ("code_alpaca", "code_python_stdlib", "code_python_packages"),
+    "code (Code Alpaca, stdlib and package stubs)": ("code_alpaca", "code_python"),
     "chat (Self-Instruct)": ("self_instruct",),
-    "mix of all three": ("gsm8k", "code_alpaca", "code_python_stdlib", "code_python_packages", "self_instruct"),
+    "mix of all three": ("gsm8k", "code_alpaca", "code_python", "self_instruct"),
 }
 USER_ERRORS = (ValueError, CheckpointError, ModelSourceError)
 

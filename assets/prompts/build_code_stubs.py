@@ -6,9 +6,9 @@ functions and methods:
     python assets/prompts/build_code_stubs.py --packages networkx sympy mpmath ...
         -> train/code_python_packages.jsonl (installed packages; check each one's licence first)
 
-Code Alpaca's 2017 prompts are the only other code prompts bundled; these add code sources of a
-second kind (completing a documented function) with the same self-distillation treatment: only the
-prompt is kept, the response is the base model's own.
+Besides Code Alpaca's instructions, these give the training mix code of a second kind (completing a
+documented function), with the same self-distillation treatment: only the prompt is kept, the
+response is the base model's own.
 """
 import argparse
 import importlib
@@ -72,7 +72,6 @@ def stub(function) -> str | None:
 
 def build(module_names: list[str], out: Path) -> int:
     """Write one prompt per distinct stub; returns how many."""
-    warnings.simplefilter("ignore")
     seen, rng = set(), random.Random(0)
     partial = out.with_suffix(".partial")  # renamed into place at the end: never a half-written file
     with open(partial, "w", encoding="utf-8") as handle:
@@ -96,6 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--packages", nargs="+", help="installed packages to read instead of the standard library")
     args = parser.parse_args()
+    warnings.simplefilter("ignore")  # importing hundreds of modules: deprecation noise only
     if args.packages:
         names = [name for package in args.packages for name in package_module_names(package)]
         out = TRAIN / "code_python_packages.jsonl"
