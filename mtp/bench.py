@@ -585,8 +585,8 @@ def markdown(report: dict) -> str:
     parts.append(_table(["run"] + domains, rows))
     for key, title in (("speedup_vs_generate", "Wall-clock speedup vs `generate`"),
                        ("speedup_vs_prompt_lookup", "Wall-clock speedup vs prompt lookup")):
-        if key == "speedup_vs_prompt_lookup" and "prompt_lookup" not in settings["methods"]:
-            continue
+        if not names or (key == "speedup_vs_prompt_lookup" and "prompt_lookup" not in settings["methods"]):
+            continue  # nothing decoded (--methods none), or no prompt-lookup baseline
         parts += ["", f"## {title}", ""]
         parts.append(_table(["run"] + domains,
                             [[n] + [_fmt(summary[d]["runs"][n][key], 2, "×") for d in domains] for n in names]))
