@@ -9,9 +9,6 @@ calling thread / asyncio task: concurrent calls with different layouts never see
 from __future__ import annotations
 
 import contextvars
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 
+from . import atomic
 from .config import CheckpointError, MTPConfig
 from .models import BaseIdentity, config_hash
 
@@ -251,31 +249,40 @@ class MTPModel(nn.Module):
         return logits if lm_head.bias is None else logits + lm_head.bias[candidates]
 
     # -- checkpoints -----------------------------------------------------------------------------
+    def write_files(self, directory: Path, extra_files: dict[str, str] | None = None) -> None:
+        """Weights, config and extra text files into an existing directory (not atomic: see save)."""
+        save_file(self.trainable_state_dict(), str(directory / WEIGHTS_FILE), metadata={"format": "mtp"})
+        self.config.save(directory / CONFIG_FILE)
+        for name, text in (extra_files or {}).items():
+            (directory / name).write_text(text, encoding="utf-8")
+
     def save(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
-        """Write weights + config atomically: a temp dir beside the target, then one rename."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        try:
-            save_file(self.trainable_state_dict(), str(staging / WEIGHTS_FILE), metadata={"format": "mtp"})
-            self.config.save(staging / CONFIG_FILE)
-            for name, text in (extra_files or {}).items():
-                (staging / name).write_text(text)
-            if directory.exists():
-                # Keep files the folder already holds (logs, eval results) unless we rewrote them.
-                for item in directory.iterdir():
-                    if not (staging / item.name).exists() and not item.name.startswith("."):
-                        (shutil.copytree if item.is_dir() else shutil.copy2)(item, staging / item.name)
-                old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-                os.replace(directory, old)
-                os.replace(staging, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return directory
+        """Write weights + config atomically (atomic.replaced_dir): a kill or error at any point leaves
+        the previous checkpoint or the new one, never neither; files the folder already holds stay."""
+        with atomic.replaced_dir(directory) as staging:
+            self.write_files(staging, extra_files)
+        return Path(directory)
+
+
+def is_checkpoint(directory: str | Path) -> bool:
+    """A real checkpoint directory: weights and config present, and not a hidden staging copy that an
+    interrupted save left (those are `.NAME.tmp-*`, `.NAME.new-*`, `.NAME.old-*`)."""
+    directory = Path(directory)
+    return (not atomic.is_staging_name(directory.absolute().name) and (directory / CONFIG_FILE).is_file()
+            and (directory / WEIGHTS_FILE).is_file())
+
+
+def checkpoint_dirs(root: str | Path) -> list[Path]:
+    """The checkpoint directories directly under `root`, sorted; a checkpoint that a killed save left
+    hidden is restored first, and staging copies are never listed."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    for path in root.iterdir():
+        leftover = atomic.leftover_target(path)
+        if leftover is not None:
+            atomic.recover(leftover)
+    return sorted(path for path in root.iterdir() if path.is_dir() and is_checkpoint(path))
 
 
 def identity_of(base: PreTrainedModel, name: str) -> BaseIdentity:
@@ -290,6 +297,7 @@ def create(base: PreTrainedModel, identity: BaseIdentity, **config_fields) -> MT
 def load(directory: str | Path, base: PreTrainedModel, identity: BaseIdentity) -> MTPModel:
     """Load a checkpoint onto `base`, refusing a base model it was not trained on."""
     directory = Path(directory)
+    atomic.recover(directory)  # a save killed between its renames: put the complete copy back first
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
     config = MTPConfig.load(directory / CONFIG_FILE)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .atomic import write_text as write_atomic  # noqa: F401  (the engine's one atomic file write; bench imports it here)
 from .models import BaseIdentity
+from .options import check_finite, check_int
 
 FORMAT_VERSION = 1
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -36,13 +37,26 @@ class MTPConfig:
     extra: dict = field(default_factory=dict)  # free-form provenance (training run, data)
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"k must be at least 1, got {self.k}")
-        if self.lora_rank < 1:
-            raise ValueError(f"lora_rank must be at least 1, got {self.lora_rank}")
+        """Check the type and range of every field (a config file is input like any other)."""
+        check_int("k", self.k, 1)
+        check_int("lora_rank", self.lora_rank, 1)
+        check_finite("lora_alpha", self.lora_alpha)
+        if self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be positive, got {self.lora_alpha}")
+        if (not isinstance(self.lora_targets, (list, tuple)) or not self.lora_targets
+                or not all(isinstance(name, str) and name for name in self.lora_targets)):
+            raise ValueError(f"lora_targets must be a non-empty list of module names, got {self.lora_targets!r}")
         self.lora_targets = tuple(self.lora_targets)
+        if not isinstance(self.sampler, bool):
+            raise ValueError(f"sampler must be true or false, got {self.sampler!r}")
+        check_int("sampler_hidden", self.sampler_hidden, 0)
+        check_int("format_version", self.format_version, 1)
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"extra must be a JSON object, got {self.extra!r}")
         if isinstance(self.base, dict):
-            self.base = BaseIdentity(**self.base)
+            self.base = _base_identity(self.base)
+        elif self.base is not None and not isinstance(self.base, BaseIdentity):
+            raise ValueError(f"base must be an object with name, config_hash and vocab_size, got {self.base!r}")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -50,20 +64,20 @@ class MTPConfig:
         return data
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: Path) -> "MTPConfig":
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_bytes().decode("utf-8"))
         except FileNotFoundError as error:
             raise CheckpointError(f"{path} is missing: not an mtp checkpoint directory") from error
-        except json.JSONDecodeError as error:
-            raise CheckpointError(f"{path} is not valid JSON ({error})") from error
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"{path} is unreadable or not valid JSON ({error})") from error
         if not isinstance(data, dict):
             raise CheckpointError(f"{path} does not hold a JSON object")
         version = data.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
             raise CheckpointError(
                 f"{path} has format_version {version!r}; this mtp reads up to {FORMAT_VERSION}: upgrade mtp"
             )
@@ -75,6 +89,17 @@ class MTPConfig:
             return cls(**data)
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"{path} holds an invalid config: {error}") from error
+
+
+def _base_identity(data: dict) -> BaseIdentity:
+    expected = {"name": str, "config_hash": str, "vocab_size": int}
+    if set(data) != set(expected):
+        raise ValueError(f"base must have exactly the fields {sorted(expected)}, got {sorted(data)}")
+    for name, kind in expected.items():
+        value = data[name]
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 1):
+            raise ValueError(f"base.{name} must be a {'positive integer' if kind is int else 'string'}, got {value!r}")
+    return BaseIdentity(**data)
 
 
 # -- measured decoding defaults ------------------------------------------------------------------
@@ -132,14 +157,3 @@ def write_decoding_defaults(checkpoint_dir: str | Path, device_type: str, entry:
     data = {**_read_defaults_file(path), device_type: entry}
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a temp file beside `path`, then rename it over: an interruption leaves the old file whole."""
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: concurrent writers never share one
-    try:
-        staging.write_text(text, encoding="utf-8")
-        os.replace(staging, path)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise

@@ -2,8 +2,11 @@
 
 Readers accept: JSONL with a `prompt` field (other fields kept), GSM8K-style JSONL (`question`),
 the eval sets' JSONL (`turns`), Self-Instruct JSONL (`instruction` + first instance input) and a
-Code-Alpaca-style JSON array (`instruction` + `input`). A malformed line is reported as file:line
-and skipped.
+Code-Alpaca-style JSON array (`instruction` + `input`). Prompts are used verbatim: leading and
+trailing whitespace and newlines are part of the prompt (a code stub ending in "\n" is another
+prompt than one without it). A line that is not valid UTF-8 or not valid JSON, or that holds no
+prompt text (or only whitespace), is reported as file:line and skipped; a whole-file JSON array
+with invalid UTF-8 is refused with its file:line.
 """
 
 from __future__ import annotations
@@ -65,41 +68,66 @@ def _prompt_of(obj: dict) -> str | None:
     return None
 
 
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def decode_line(raw: bytes, where: str) -> str | None:
+    """One line as strict UTF-8, or None with a warning naming file:line: a bad byte is never
+    silently replaced by U+FFFD."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        log.warning("%s: skipped, not valid UTF-8 (byte 0x%02x at column %d)", where, raw[error.start], error.start + 1)
+        return None
+
+
+def _json_entries(path: Path) -> list[tuple[int, object]]:
+    """(line number, parsed object) of a JSONL file or of each item of a JSON array file."""
+    with _open_binary(path) as handle:
+        raw = handle.read()
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark is not part of the first line
+    if path.suffix == ".json" or raw.lstrip().startswith(b"["):
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            line = raw.count(b"\n", 0, error.start) + 1
+            raise ValueError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[error.start]:02x})") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: a .json prompt file must hold an array of objects")
+        return [(index + 1, obj) for index, obj in enumerate(data)]
+    entries = []
+    # Split on "\n" only: str.splitlines() would also cut at U+2028 and other characters inside a prompt.
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        text = decode_line(line, f"{path}:{number}")
+        if text is None:
+            continue
+        try:
+            entries.append((number, json.loads(text)))
+        except json.JSONDecodeError as error:
+            log.warning("%s:%d: skipped, not valid JSON (%s)", path, number, error.msg)
+    return entries
+
+
 def read_prompts(path: str | Path) -> list[PromptRecord]:
     """Prompt records from one file (JSONL or a JSON array, optionally gzipped: a distilled data file
-    is a prompt file too); bad lines are logged as file:line and skipped."""
+    is a prompt file too), each prompt verbatim; bad lines are logged as file:line and skipped."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"prompt file {path} does not exist")
     default_domain = _domain_for(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
-        text = handle.read()
-    entries: list[tuple[int, object]] = []
-    if path.suffix == ".json" or text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from error
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: a .json prompt file must hold an array of objects")
-        entries = [(index + 1, obj) for index, obj in enumerate(data)]
-    else:
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                entries.append((number, json.loads(line)))
-            except json.JSONDecodeError as error:
-                log.warning("%s:%d: skipped, not valid JSON (%s)", path, number, error.msg)
     records = []
-    for number, obj in entries:
+    for number, obj in _json_entries(path):
         prompt = _prompt_of(obj) if isinstance(obj, dict) else None
         if prompt is None or not prompt.strip():
-            log.warning("%s:%d: skipped, no prompt/question/turns/instruction text", path, number)
+            log.warning("%s:%d: skipped, no prompt/question/turns/instruction text (or only whitespace)", path, number)
             continue
         domain = obj.get("domain") or default_domain
-        records.append(PromptRecord(prompt.strip(), str(domain), f"{path.name}:{number}", obj))
+        records.append(PromptRecord(prompt, str(domain), f"{path.name}:{number}", obj))
     return records
 
 
@@ -204,17 +232,42 @@ def distill(prompt_files: list[str | Path], out: str | Path, *, model_source: st
     return out
 
 
-def read_distilled(path: str | Path) -> list[dict]:
-    """Distilled samples (JSONL, or JSONL.gz as committed); malformed lines reported as file:line and skipped."""
+def _ids_problem(value: object, vocab_size: int | None) -> str | None:
+    """Why a prompt_ids / response_ids value is unusable, or None when it is a non-empty list of token ids."""
+    if not isinstance(value, list) or not value:
+        return "not a non-empty list"
+    bad = next((v for v in value if not isinstance(v, int) or isinstance(v, bool) or v < 0
+                or (vocab_size is not None and v >= vocab_size)), None)
+    if bad is None:
+        return None
+    vocabulary = "" if vocab_size is None else f" below the vocabulary size {vocab_size}"
+    return f"holds {bad!r}, not a token id (an integer >= 0{vocabulary})"
+
+
+def read_distilled(path: str | Path, vocab_size: int | None = None) -> list[tuple[str, dict]]:
+    """(file:line, sample) of each distilled sample (JSONL, or JSONL.gz as committed). A line that
+    is not valid UTF-8 or JSON, or whose prompt_ids / response_ids are not lists of token ids (below
+    vocab_size when given), is reported as file:line and skipped."""
+    path = Path(path)
     samples = []
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with _open_binary(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            text = decode_line(raw, where)
+            if text is None:
+                continue
             try:
-                sample = json.loads(line)
-                if not sample["response_ids"] or not sample["prompt_ids"]:
-                    raise ValueError("empty prompt or response")
-                samples.append(sample)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-                log.warning("%s:%d: skipped distilled sample (%s)", path, number, error)
+                sample = json.loads(text)
+            except json.JSONDecodeError as error:
+                log.warning("%s: skipped distilled sample, not valid JSON (%s)", where, error.msg)
+                continue
+            if not isinstance(sample, dict):
+                log.warning("%s: skipped distilled sample, not a JSON object", where)
+                continue
+            problem = next((f"{name} {problem}" for name in ("prompt_ids", "response_ids")
+                            if (problem := _ids_problem(sample.get(name), vocab_size))), None)
+            if problem:
+                log.warning("%s: skipped distilled sample, %s", where, problem)
+                continue
+            samples.append((where, sample))
     return samples

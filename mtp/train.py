@@ -20,10 +20,8 @@ import contextlib
 import json
 import logging
 import math
-import os
-import shutil
+import pickle
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -31,11 +29,12 @@ from typing import Callable
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from . import acceptance, adapter
+from . import acceptance, adapter, atomic
 from .config import ALL_PROJECTIONS, CheckpointError
 from .data import read_distilled
 from .layouts import IGNORE, default_anchors, interleaved_layout, mask_blocks_layout
@@ -44,6 +43,7 @@ from .models import LoadedModel, load_model
 
 log = logging.getLogger("mtp.train")
 STATE_DIR = "train_state"
+STATE_FILE, STATE_WEIGHTS, STATE_OPTIMIZER = "state.json", "trainable.safetensors", "optimizer.pt"
 LOG_FILE = "train_log.jsonl"
 EVAL_LOG_FILE = "eval_log.jsonl"
 CURVES_FILE = "train_curves.html"
@@ -107,9 +107,22 @@ class TrainConfig:
             (self.save_every >= 1, "save_every must be at least 1"),
             (self.eval_every >= 0 and self.eval_sequences >= 1, "eval_every must be >= 0 and eval_sequences >= 1"),
             (self.anchors_per_seq >= 0 and self.warmup_steps >= 0, "anchors_per_seq and warmup_steps must be >= 0"),
-            (self.lr > 0, "lr must be positive"),
             (self.max_seq_len >= 2, "max_seq_len must be at least 2"),
+            (self.threads >= 0, "threads must be >= 0"),
+            (bool(self.data) and bool(self.out), "data and out must be non-empty paths"),
+            (self.lora_targets and all(isinstance(t, str) and t for t in self.lora_targets),
+             "lora_targets must be a non-empty list of module names"),
         ]
+        floats = {f.name: getattr(self, f.name) for f in fields(self) if f.type == "float"}
+        checks += [(math.isfinite(value), f"{name} must be a finite number, got {value}") for name, value in floats.items()]
+        if all(math.isfinite(value) for value in floats.values()):
+            checks += [
+                (self.lr > 0 and self.lora_alpha > 0, "lr and lora_alpha must be positive"),
+                (min(self.weight_base, self.weight_sampler, self.weight_lcm, self.weight_decay, self.grad_clip) >= 0,
+                 "weight_base, weight_sampler, weight_lcm, weight_decay and grad_clip must be >= 0"),
+                (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)"),
+                (0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]"),
+            ]
         for ok, message in checks:
             if not ok:
                 raise TrainError(message)
@@ -133,7 +146,7 @@ class TrainConfig:
                     pass
             ok = (value is None and name == "model") or isinstance(value, expected) or (
                 expected is float and isinstance(value, int))
-            if not ok or (expected is int and isinstance(value, bool)):
+            if not ok or (expected in (int, float) and isinstance(value, bool)):
                 raise TrainError(f"{source}: {name} must be a {expected.__name__}, got {value!r}")
         return cls(**{n: float(v) if isinstance(getattr(defaults, n), float) else v for n, v in data.items()})
 
@@ -163,22 +176,39 @@ class TrainConfig:
 class Sequence:
     ids: list[int]
     prompt_len: int
+    source: str = ""  # file:line of the distilled sample, for messages
 
 
 def load_sequences(path: str | Path, max_seq_len: int) -> list[Sequence]:
-    """Prompt + response id sequences; responses cut to fit max_seq_len, over-long prompts dropped."""
+    """Prompt + response id sequences; responses cut to fit max_seq_len, over-long prompts dropped,
+    malformed samples reported as file:line and skipped (data.read_distilled)."""
     path = Path(path)
     if not path.is_file():
         raise TrainError(f"data file {path} does not exist (make it with: python -m mtp distill ...)")
     sequences = []
-    for sample in read_distilled(path):
-        prompt, response = list(sample["prompt_ids"]), list(sample["response_ids"])
+    for source, sample in read_distilled(path):
+        prompt, response = sample["prompt_ids"], sample["response_ids"]
         if len(prompt) >= max_seq_len:
             continue
-        sequences.append(Sequence(prompt + response[:max_seq_len - len(prompt)], len(prompt)))
+        sequences.append(Sequence(prompt + response[:max_seq_len - len(prompt)], len(prompt), source))
     if not sequences:
         raise TrainError(f"data file {path} holds no usable sample (prompt_ids + response_ids under {max_seq_len} tokens)")
     return sequences
+
+
+def within_vocabulary(sequences: list[Sequence], vocab_size: int, path: str) -> list[Sequence]:
+    """The sequences whose ids the model knows; each other one is reported as file:line and skipped."""
+    kept = []
+    for seq in sequences:
+        if max(seq.ids) < vocab_size:
+            kept.append(seq)
+        else:
+            log.warning("%s: skipped distilled sample, token id %d is outside the model's vocabulary of %d",
+                        seq.source, max(seq.ids), vocab_size)
+    if not kept:
+        raise TrainError(f"data file {path} holds no sample within the model's vocabulary of {vocab_size} tokens: "
+                         "was it distilled with another model?")
+    return kept
 
 
 def sample_order(num: int, seed: int, epoch: int) -> list[int]:
@@ -301,10 +331,10 @@ def read_log(path: Path) -> list[dict]:
     if not path.exists():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             break  # a torn last line from a kill
     return records
 
@@ -348,53 +378,63 @@ def heldout_tau(model: adapter.MTPModel, sequences: list[Sequence], k: int) -> d
             "match_by_offset": [round(sum(n >= i for n in chains) / len(chains), 4) for i in range(1, k + 1)]}
 
 
-def _replace_dir(staging: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, target)
+def write_train_state(directory: Path, model: adapter.MTPModel, optimizer, step: int, config: TrainConfig,
+                      num_sequences: int) -> None:
+    """Weights, optimizer moments and the step into `directory` (made here; atomic as part of the checkpoint)."""
+    directory.mkdir()
+    save_file(model.trainable_state_dict(), str(directory / STATE_WEIGHTS))
+    torch.save(optimizer.state_dict(), directory / STATE_OPTIMIZER)
+    state = {"step": step, "num_sequences": num_sequences, "config": asdict(config)}
+    (directory / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
 
 
-def save_train_state(out: Path, model: adapter.MTPModel, optimizer, step: int, config: TrainConfig,
-                     num_sequences: int) -> None:
-    """Weights, optimizer moments and the step, atomically (temp dir, then one rename)."""
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{STATE_DIR}.tmp-", dir=out))
-    try:
-        save_file(model.trainable_state_dict(), str(staging / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-        state = {"step": step, "num_sequences": num_sequences, "config": asdict(config)}
-        (staging / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-        _replace_dir(staging, out / STATE_DIR)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+def _state_problem(state: object) -> str | None:
+    if not isinstance(state, dict):
+        return "is not a JSON object"
+    for name in ("step", "num_sequences"):
+        value = state.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"has {name} {value!r}, not an integer >= 0"
+    if not isinstance(state.get("config"), dict):
+        return "has no training config"
+    return None
 
 
 def load_train_state(out: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """(state.json, trainable weights, optimizer state) of the run in `out`; TrainError with one message
+    when any of them is unreadable, of the wrong shape or (optimizer.pt) holds more than tensors."""
     directory = out / STATE_DIR
     try:
-        state = json.loads((directory / "state.json").read_text())
-        weights = load_file(str(directory / "trainable.safetensors"))
-        optimizer = torch.load(directory / "optimizer.pt", weights_only=True, map_location="cpu")
-    except (OSError, ValueError, RuntimeError) as error:
-        raise TrainError(f"cannot resume from {directory}: {error}") from error
+        state = json.loads((directory / STATE_FILE).read_bytes().decode("utf-8"))
+        weights = load_file(str(directory / STATE_WEIGHTS))
+        optimizer = torch.load(directory / STATE_OPTIMIZER, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:
+        raise TrainError(f"cannot resume from {directory}: {STATE_OPTIMIZER} holds objects other than tensors, "
+                         "numbers and containers, and is refused (loading it could run code). Delete that "
+                         f"{STATE_DIR} and start a new run with --init-from {out} to keep the adapter weights") from None
+    except (OSError, ValueError, RuntimeError, EOFError, SafetensorError) as error:
+        raise TrainError(f"cannot resume from {directory}: {error}") from None
+    problem = _state_problem(state)
+    if problem is None and not isinstance(optimizer, dict):
+        problem = f"is paired with a {STATE_OPTIMIZER} that is not an optimizer state"
+    if problem:
+        raise TrainError(f"cannot resume from {directory}: {STATE_FILE} {problem}")
     return state, weights, optimizer
 
 
 def _save_checkpoint(out: Path, model: adapter.MTPModel, optimizer, step: int, config: TrainConfig,
                      num_sequences: int) -> None:
-    save_train_state(out, model, optimizer, step, config, num_sequences)
+    """The adapter, train_state, config copy and curves as ONE atomic replacement of `out` (logs carried
+    over): a kill at any point leaves the previous checkpoint or this one, always resumable."""
     model.config.extra = {"training": {"step": step, "data": config.data, "layout": config.layout,
                                        "anchors_per_seq": config.anchors_per_seq, "lr": config.lr}}
     records = read_log(out / LOG_FILE)
     files = {CONFIG_COPY: config.to_yaml()}
     if records:
         files[CURVES_FILE] = curves_figure(records).to_html(include_plotlyjs="cdn", full_html=True)
-    model.save(out, extra_files=files)
+    with atomic.replaced_dir(out) as staging:
+        model.write_files(staging, files)
+        write_train_state(staging / STATE_DIR, model, optimizer, step, config, num_sequences)
 
 
 # -- the run -------------------------------------------------------------------------------------------
@@ -437,10 +477,17 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None,
     if resume and init_from is not None:
         raise TrainError("--resume and --init-from exclude each other")
     out = Path(config.out)
+    atomic.recover(out)  # a checkpoint save killed between its renames: its complete copy comes back first
     state, resume_weights, optimizer_state = None, None, None
-    if resume:
-        if not (out / STATE_DIR / "state.json").exists():
-            raise TrainError(f"nothing to resume: {out / STATE_DIR} does not exist")
+    checkpointed = (out / STATE_DIR / STATE_FILE).is_file()
+    # A run killed or failed before its first checkpoint leaves only its log: nothing to lose by starting over.
+    unsaved = not checkpointed and (out / LOG_FILE).is_file() and not (out / adapter.CONFIG_FILE).exists()
+    if resume and not checkpointed and not unsaved:
+        raise TrainError(f"nothing to resume: {out} holds no training run ({out / STATE_DIR} does not exist)"
+                         + (f"; use --init-from {out} to start from its weights" if adapter.is_checkpoint(out) else ""))
+    if unsaved:
+        log.warning("%s holds a run that stopped before its first checkpoint: starting it over from step 0", out)
+    elif resume:
         state, resume_weights, optimizer_state = load_train_state(out)
         theirs = state["config"]
         changed = [f"{n}: {theirs.get(n)!r} -> {getattr(config, n)!r}" for n in MODEL_FIELDS
@@ -453,9 +500,12 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None,
         if differs:
             log.warning("resuming with changed settings %s: not an exact continuation",
                         {n: (theirs.get(n), getattr(config, n)) for n in differs})
-    elif out.exists() and any((out / name).exists() for name in (STATE_DIR, adapter.CONFIG_FILE, LOG_FILE)):
+    elif checkpointed or (out / adapter.CONFIG_FILE).exists():
         raise TrainError(f"{out} already holds a training run: pass --resume to continue it, "
                          f"or choose another out (use --init-from {out} to start from its weights)")
+    problem = atomic.writable_problem(out)
+    if problem:
+        raise TrainError(f"cannot write the run to {out}: {problem}")
     sequences = load_sequences(config.data, config.max_seq_len)
     heldout = load_sequences(config.eval_data, config.max_seq_len)[:config.eval_sequences] if config.eval_data else []
     trained_prompts = {tuple(seq.ids[:seq.prompt_len]) for seq in sequences} if heldout else set()
@@ -475,6 +525,9 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None,
     accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.accelerator.is_available())
     if loaded is None:
         loaded = load_model(config.model)
+    vocab_size = loaded.model.get_input_embeddings().num_embeddings
+    sequences = within_vocabulary(sequences, vocab_size, config.data)
+    heldout = within_vocabulary(heldout, vocab_size, config.eval_data) if heldout else []
     model = _build_model(config, loaded, init_from, resume_weights)
     model.train()
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
@@ -495,7 +548,7 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None,
         for path in (log_path, out / EVAL_LOG_FILE):
             if path == log_path or path.exists():
                 kept = [r for r in read_log(path) if r["step"] <= start]
-                path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+                atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     per_step = config.batch_size * config.grad_accum * accelerator.num_processes
     orders: dict[int, list[int]] = {}
 
