@@ -7,9 +7,11 @@ chain is only compared while it matches, and while it matches each draft's prede
 sequence's own token — so one batched pass with every mask group teacher-forced gives the match
 length at every index, and replaying linear or quadratic decoding on those lengths gives their
 exact step counts for any k ≤ the adapter's and any number of quadratic groups. Prompt-lookup
-drafts depend only on the context too, so their match lengths replay the same way. The benchmark
-checks this against the runs it decodes (up to floating-point ties between differently shaped
-passes).
+drafts depend only on the context too, so their match lengths replay the same way. A draft tree
+is a deterministic function of its mask group and the bonus token too, so the same pass gives,
+per index, the tree's accepted depth and where its accepted path ends (which decides, through the
+method's policy, whether the next pass has drafts). The benchmark checks this against the runs it
+decodes (up to floating-point ties between differently shaped passes).
 """
 
 from __future__ import annotations
@@ -20,11 +22,35 @@ import torch
 from transformers import DynamicCache
 
 from .adapter import MTPModel
-from .decoding import LOOKUP_NGRAMS, draft_candidates, greedy_sampler_drafts, lookup_drafts
+from .drafting import LOOKUP_NGRAMS, Draft, MaskGroup, draft_candidates, greedy_sampler_drafts, lookup_drafts, mask_tree
 from .layouts import mask_blocks_layout
+from .methods import PathEnd, policy
+from .options import DRAFTING_METHODS
 
 DRAFTERS = ("sampler", "lm_head")
-METHODS = ("linear", "quadratic")
+
+
+def tree_key(k: int, budget: int) -> str:
+    """draft_matches' key for trees of `budget` nodes from the first k masks."""
+    return f"tree k={k} B={budget}"
+
+
+class TreeMatch(NamedTuple):
+    """A draft tree replayed against the sequence: how deep its accepted path goes, where it ends."""
+
+    accepted: int
+    end: PathEnd
+
+
+def tree_match(draft: Draft, following: Sequence[int]) -> TreeMatch:
+    """Walk `draft` along the true tokens that follow its root (greedy acceptance)."""
+    children, node, path = draft.children(), -1, []
+    for token in following:
+        node = next((c for c in children[node] if draft.tokens[c] == token), None)
+        if node is None:
+            break
+        path.append(node)
+    return TreeMatch(len(path), PathEnd.of(draft, path[-1] if path else -1))
 
 
 def _leading_matches(correct: torch.Tensor) -> list[int]:
@@ -33,12 +59,14 @@ def _leading_matches(correct: torch.Tensor) -> list[int]:
 
 
 @torch.inference_mode()
-def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: int = 64) -> dict[str, list[int]]:
+def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: int = 64,
+                  trees: Sequence[tuple[int, int]] = ()) -> dict[str, list]:
     """Match lengths of the k-draft chains after each index a = prompt_len-1 .. len(ids)-2.
 
     Returns {"sampler": [...], "lm_head": [...]} (lm_head: argmax at each mask, the no-sampler
-    ablation; sampler: the greedy chain, picked as decoding.draft picks it). Entry i belongs to anchor prompt_len-1+i; drafts past the sequence's end
-    count as not matching.
+    ablation; sampler: the greedy chain, picked as the MaskChain drafter picks it), and for each
+    (k, budget) in `trees` a TreeMatch per index under tree_key(k, budget). Entry i belongs to
+    anchor prompt_len-1+i; drafts past the sequence's end count as not matching.
     """
     if not 1 <= prompt_len < len(ids):
         raise ValueError("draft_matches needs a prompt and at least one generated token")
@@ -49,7 +77,7 @@ def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: i
     model(sequence[None], torch.arange(length, device=device)[None], use_cache=True, past_key_values=cache,
           gate=False)
     anchors = list(range(prompt_len - 1, length - 1))
-    matches: dict[str, list[int]] = {name: [] for name in DRAFTERS}
+    matches: dict[str, list] = {name: [] for name in [*DRAFTERS, *(tree_key(k, b) for k, b in trees)]}
     for start in range(0, len(anchors), chunk):
         part = anchors[start:start + chunk]
         layout = mask_blocks_layout(ids, k, part, length)
@@ -67,6 +95,11 @@ def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: i
         chosen = greedy_sampler_drafts(model, hidden.flatten(0, 1), draft_candidates(logits.flatten(0, 1)),
                                        previous.flatten()).reshape(len(part), k)
         matches["sampler"] += _leading_matches(chosen == labels)
+        for tree_k, budget in trees:
+            for row, anchor in enumerate(part):
+                group = MaskGroup(hidden[row, :tree_k], logits[row, :tree_k], int(sequence[anchor + 1]))
+                draft = mask_tree(model, group, budget)
+                matches[tree_key(tree_k, budget)].append(tree_match(draft, ids[anchor + 2:anchor + 2 + tree_k]))
     return matches
 
 
@@ -91,39 +124,42 @@ def lookup_matches(prompt_ids: Sequence[int], output: Sequence[int], max_drafts:
     return entries
 
 
-def replay(matches: Sequence[int], method: str, k: int, new_tokens: int,
+def replay(matches: Sequence[int | TreeMatch], method: str, k: int, new_tokens: int,
            groups: int | None = None, lookup: Sequence[tuple[int, int]] | None = None) -> list[Pass]:
     """The forward passes of greedy `method` decoding that yields `new_tokens` tokens.
 
-    matches[i]: match length of the chain after index prompt_len-1+i (see draft_matches), at the
-    adapter's k ≥ this k. The first pass is the prefill (no drafts); a pass without drafts
-    (linear after a rejection, quadratic after accepting past its last group) yields one token.
-    lookup: lookup_matches of the same output, for decoding with prompt-lookup drafts.
+    matches[i]: what the masks' draft after index prompt_len-1+i accepts: a chain's match length
+    (at the adapter's k ≥ this k) or a tree's TreeMatch (see draft_matches). The first pass is the
+    prefill (no drafts); whether the next pass has drafts is the method's policy's call (a pass
+    without drafts yields one token and puts a group after it). lookup: lookup_matches of the same
+    output, for decoding with prompt-lookup drafts.
     """
-    if method not in METHODS:
+    if method not in DRAFTING_METHODS:
         raise ValueError(f"replay covers linear and quadratic decoding, not {method!r}")
-    groups = k + 1 if groups is None else groups
+    verification = policy(method, k + 1 if groups is None else groups)
     passes = [Pass(None)]
     produced, has_drafts = 1, True  # the prefill yields x_0 and a mask group after the prompt
     while produced < new_tokens:
         proposed, looked_up = lookup[produced - 1] if lookup else (0, 0)
-        if proposed:  # lookup drafts replace the masks' ones; groups sit after t_0 and the first drafts
-            has_drafts = looked_up < groups if method == "quadratic" else looked_up == proposed
-            passes.append(Pass(looked_up, proposed))
-            produced += looked_up + 1
+        if proposed:  # lookup drafts (a chain) replace the masks' ones
+            accepted, end = looked_up, PathEnd.of_chain(looked_up, proposed)
+        elif not has_drafts:
+            passes.append(Pass(None))
+            produced, has_drafts = produced + 1, True  # a draftless pass puts a group after its one token
             continue
-        # The drafts on hand came from the group after the token before x_produced.
-        if has_drafts:
+        elif isinstance(matches[produced - 1], int):  # the chain from the group after the token before x_produced
             accepted = min(matches[produced - 1], k)
-            has_drafts = accepted < groups if method == "quadratic" else accepted == k
+            end = PathEnd.of_chain(accepted, k)
         else:
-            accepted, has_drafts = None, True  # a draftless pass puts a group after its one token
-        passes.append(Pass(accepted))
-        produced += (accepted or 0) + 1
+            accepted, end = TreeMatch(*matches[produced - 1])
+            end = PathEnd(*end)
+        has_drafts = verification.keeps_group(end)
+        passes.append(Pass(accepted, proposed))
+        produced += accepted + 1
     return passes
 
 
-def tokens_per_step(matches: Sequence[Sequence[int]], new_tokens: Sequence[int], method: str, k: int,
+def tokens_per_step(matches: Sequence[Sequence[int | TreeMatch]], new_tokens: Sequence[int], method: str, k: int,
                     groups: int | None = None, lookup: Sequence[Sequence[tuple[int, int]]] | None = None) -> float:
     """τ over several sequences: Σ new tokens ÷ Σ replayed passes (each sequence's prefill included)."""
     lookup = lookup if lookup is not None else [None] * len(matches)

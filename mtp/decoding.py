@@ -1,107 +1,102 @@
-"""Autoregressive, linear and quadratic decoding with one shared verification pass (DESIGN §5).
+"""Decoding: one loop over a drafter, a verification policy and stop criteria (docs/design.md §5).
 
-Every pass feeds `tokens = [t_0, d_1 .. d_m]` (t_0 the newest verified token, not yet in the KV
-cache; d_i the drafts) followed by k-mask groups anchored at some of those tokens. The methods
-differ only in the anchors:
-- autoregressive: none (m = 0 always);
-- linear: one group after the last token, valid only if every draft is accepted;
-- quadratic: one group after t_0 and after each of the first g-1 drafts (g = k+1: the paper's
-  layout), so the group after the last accepted token survives whatever prefix is accepted.
-The first pass (prefill) feeds the whole prompt as `tokens`, with no drafts.
-
-Drafts come from the mask group after the last accepted token; with `lookup` on, a pass whose
-context ends in an n-gram seen earlier verifies the tokens that followed it instead (prompt lookup,
-Saxena 2023), still with the method's mask groups after them. Any drafts keep the output exact.
+Every pass feeds `tokens = [t_0, drafts..]` (t_0 the newest verified token, not yet in the KV
+cache; the drafts a tree rooted at t_0, a chain being the tree of width 1) followed by k-mask
+groups after the nodes the method's policy picks (mtp.methods). One shared `verify` accepts the
+longest drafted path the model agrees with, keeps only that path in the KV cache and returns the
+mask group after it, if one was fed; the drafter (mtp.drafting) turns that group, or the context,
+into the next draft. The first pass (prefill) feeds the whole prompt as `tokens`, with no drafts.
 
 Greedy (temperature 0) accepts a draft iff it equals the model's argmax, so the output is token for
-token the base model's greedy output. Sampling uses speculative-sampling acceptance with the
-sampler's distribution as the proposal q, so the output distribution is the base model's.
+token the base model's greedy output. Sampling accepts by speculative sampling against the drafts'
+proposal (a drawn chain's q; deterministic drafts count as one-hot q, siblings tried in turn on
+the residual), so the output distribution is the base model's.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from .adapter import MTPModel
-from .layouts import group_rows, step_layout
+from .drafting import Draft, Drafter, MaskChain, MaskGroup, MaskTree, PromptLookup
+from .layouts import chain_parents, group_rows, step_layout
+from .methods import policy
+from .options import OptionError, check_decoding
+from .sampling import Sampling
 from .trace import Step, Trace
 
-METHODS = ("autoregressive", "linear", "quadratic")
 
-# Test hook: (step_index, context_ids, k) -> k draft tokens to propose instead of the model's, or None.
-DraftOverride = Callable[[int, list[int], int], "list[int] | None"]
-
-
-def distribution(logits: torch.Tensor, temperature: float, top_k: int | None = None,
-                 top_p: float | None = None) -> torch.Tensor:
-    """Probabilities after temperature, top-k and top-p (nucleus) filtering; logits (..., V)."""
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if top_p is not None and top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (always the top token).
-        drop = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
+def _residual(p: torch.Tensor, q: torch.Tensor | None, token: int) -> torch.Tensor:
+    """The target left after rejecting `token` proposed from q (None: deterministic, one-hot q)."""
+    if q is None:
+        residual = p.clone()
+        residual[token] = 0.0
+    else:
+        residual = (p - q).clamp_(min=0)
+    total = float(residual.sum())
+    # 0 only where rejection had probability 0: guard rounding.
+    return residual / total if total > 0 else p
 
 
-class Sampling:
-    """Temperature / top-k / top-p settings and the seeded generator; temperature 0 is greedy."""
+def accept(target_logits: torch.Tensor, draft: Draft, sampling: Sampling) -> tuple[list[int], int]:
+    """The accepted path (node indices, root first) and the bonus token that follows it.
 
-    def __init__(self, temperature: float, top_k: int | None, top_p: float | None, seed: int | None,
-                 device: torch.device) -> None:
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        self.generator = torch.Generator(device=device)
-        if seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(seed)
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return distribution(logits, self.temperature, self.top_k, self.top_p)
-
-    def draw(self, probs: torch.Tensor) -> int:
-        return int(torch.multinomial(probs, 1, generator=self.generator))
-
-    def uniform(self) -> float:
-        return float(torch.rand((), generator=self.generator, device=self.generator.device))
-
-
-def accept(target_logits: torch.Tensor, drafts: Sequence[int], draft_probs: torch.Tensor | None,
-           sampling: Sampling) -> tuple[int, int]:
-    """How many drafts to accept, and the bonus token that follows them.
-
-    target_logits (m+1, V): the model's next-token logits after t_0, d_1 .. d_m.
-    draft_probs (m, V): the proposal q each draft was sampled from (None under greedy).
+    target_logits (1 + len(draft.tokens), V): the model's next-token logits after t_0 and after
+    each node. Greedy follows the child equal to the argmax. Sampling tries a node's children in
+    order, each accepted with probability min(1, p/q), p becoming the residual after each rejection
+    (SpecInfer's multi-draft rule); when all are rejected the bonus is drawn from what is left.
     """
+    children = draft.children()
+    path, node = [], -1
     if sampling.greedy:
         predicted = target_logits.argmax(-1).tolist()
-        accepted = 0
-        while accepted < len(drafts) and drafts[accepted] == predicted[accepted]:
-            accepted += 1
-        return accepted, predicted[accepted]
-    p = sampling.probs(target_logits)
-    for i, draft in enumerate(drafts):
-        q = draft_probs[i]
-        if sampling.uniform() * float(q[draft]) < float(p[i, draft]):  # u < p/q without dividing by 0
-            continue
-        residual = (p[i] - q).clamp_(min=0)
-        # residual is 0 only where p == q, where rejection has probability 0: guard rounding.
-        return i, sampling.draw(residual if float(residual.sum()) > 0 else p[i])
-    return len(drafts), sampling.draw(p[len(drafts)])
+        while True:
+            following = next((c for c in children[node] if draft.tokens[c] == predicted[node + 1]), None)
+            if following is None:
+                return path, predicted[node + 1]
+            path.append(following)
+            node = following
+    probs = sampling.probs(target_logits)
+    while True:
+        p = probs[node + 1]
+        for child in children[node]:
+            token = draft.tokens[child]
+            q = None if draft.probs is None else draft.probs[child]
+            if sampling.uniform() * (1.0 if q is None else float(q[token])) < float(p[token]):  # u < p/q
+                path.append(child)
+                node = child
+                break
+            p = _residual(p, q, token)
+        else:
+            return path, sampling.draw(p)
+
+
+class Verified(NamedTuple):
+    """What one verifying pass decided."""
+
+    path: list[int]  # accepted draft nodes, root first
+    bonus: int  # the model's own token after them
+    group: MaskGroup | None  # the mask group after the path's end, if the pass fed one there
+    input_length: int  # tokens fed: real + draft + mask
+
+
+def keep_in_cache(cache: DynamicCache, start: int, keep: Sequence[int]) -> None:
+    """Keep cache entries [0, start) and then only the entries at `keep` (ascending) after them."""
+    drop = cache.get_seq_length() - start
+    if list(keep) == list(range(start, start + len(keep))):  # a prefix (every chain): one crop
+        cache.crop(len(keep) - drop)
+        return
+    index = torch.tensor(list(keep))
+    for layer in cache.layers:
+        if getattr(layer, "is_sliding", False):
+            raise ValueError("draft trees need full-attention KV cache layers (this model has sliding-window ones)")
+        index = index.to(layer.keys.device)
+        layer.keys = torch.cat([layer.keys[..., :start, :], layer.keys.index_select(-2, index)], dim=-2)
+        layer.values = torch.cat([layer.values[..., :start, :], layer.values.index_select(-2, index)], dim=-2)
 
 
 # One lm_head call on r rows has a fixed cost (reading the 28M-parameter head) and a small cost per
@@ -112,120 +107,79 @@ def accept(target_logits: torch.Tensor, drafts: Sequence[int], draft_probs: torc
 MERGED_LOGITS_MAX_ROWS = 32
 
 
-def verify(model: MTPModel, cache: DynamicCache, cached: int, tokens: Sequence[int], drafts: Sequence[int],
-           draft_probs: torch.Tensor | None, group_offsets: Sequence[int], k: int,
-           sampling: Sampling) -> tuple[int, int, torch.Tensor | None, torch.Tensor | None, int]:
-    """One forward pass shared by all methods: verify `drafts`, return their successor's mask states.
+def verify(model: MTPModel, cache: DynamicCache, cached: int, tokens: Sequence[int], draft: Draft,
+           anchors: Sequence[int], k: int, sampling: Sampling) -> Verified:
+    """One forward pass shared by all methods: verify `draft`, return the mask group after its
+    accepted path (if `anchors` put one there).
 
-    tokens: new real tokens then the drafts (tokens[-m-1] = t_0); the cache holds `cached` entries.
-    group_offsets: each j in 0..m puts a k-mask group after t_0 (j = 0) or after draft d_j.
-    Returns (accepted, bonus, hidden states (k, d) and lm_head logits (k, V) of the group after the
-    last accepted token, or None for both if no such group was fed, input length). The cache is
-    cropped to the verified tokens.
+    tokens: new real tokens, then the draft's tokens (tokens[-len(draft.tokens)-1] = t_0); the cache
+    holds `cached` entries. anchors: draft nodes (-1: t_0) that get a k-mask group. The cache keeps
+    the real tokens and the accepted path only.
     """
-    n, m = len(tokens), len(drafts)
+    n, m = len(tokens), len(draft.tokens)
     first = n - m - 1  # index of t_0: its logits and those of the drafts are the ones verified
-    anchors = [first + j for j in group_offsets]
-    layout = step_layout(tokens, cached, k, anchors)
+    parents = chain_parents(first + 1) + [first + 1 + p if p >= 0 else first for p in draft.parents]
+    layout = step_layout(tokens, cached, k, [first + 1 + a for a in anchors], parents)
     device = model.mask_embeddings.device
     merged = (n - first) + len(anchors) * k <= MERGED_LOGITS_MAX_ROWS
     logit_rows = torch.arange(first, len(layout.input_ids) if merged else n, device=device)
+    plain_causal = not anchors and draft.is_chain  # let the attention backend use its fast path
     out = model(
         layout.input_ids[None].to(device), layout.position_ids[None].to(device),
-        # Without masks the pass is plain causal: let the attention backend use its fast path.
-        attention_mask=layout.attention[None].to(device) if anchors else None,
+        attention_mask=None if plain_causal else layout.attention[None].to(device),
         past_key_values=cache, use_cache=True, logits_for=logit_rows,
     )
     logits = out.logits[0]
-    accepted, bonus = accept(logits[:n - first], drafts, draft_probs, sampling)
-    # Tokens precede masks in the tensor: one cut drops the rejected drafts and every mask.
-    cache.crop(cached + first + 1 + accepted - cache.get_seq_length())
-    if accepted not in group_offsets:
-        return accepted, bonus, None, None, len(layout.input_ids)
-    rows = group_rows(n, k, list(group_offsets).index(accepted))
+    path, bonus = accept(logits[:n - first], draft, sampling)
+    # Tokens precede masks in the tensor: keeping the path drops the rejected nodes and every mask.
+    keep_in_cache(cache, cached + first + 1, [cached + first + 1 + node for node in path])
+    end = path[-1] if path else -1
+    if end not in anchors:
+        return Verified(path, bonus, None, len(layout.input_ids))
+    rows = group_rows(n, k, list(anchors).index(end))
     hidden = out.hidden[0, rows]
     group_logits = logits[rows.start - first:rows.stop - first] if merged else model.lm_logits(hidden)
-    return accepted, bonus, hidden, group_logits, len(layout.input_ids)
+    return Verified(path, bonus, MaskGroup(hidden, group_logits, bonus), len(layout.input_ids))
 
 
-# The sampler scores only the top candidates of each mask's own lm_head row: one batched lm_head
-# read for all k masks instead of k serial ones. Drafts are only proposals, so exactness holds.
-DRAFT_CANDIDATES = 64
+class StopCriteria:
+    """When to stop: max_new_tokens, an EOS token (kept) or a stop string (text cut right after it)."""
+
+    def __init__(self, max_new_tokens: int, eos_token_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
+                 tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+        self.max_new_tokens, self.eos = max_new_tokens, set(eos_token_ids)
+        self.stop_strings, self.tokenizer = [s for s in stop_strings if s], tokenizer
+        if self.stop_strings and tokenizer is None:
+            raise OptionError("stop_strings need a tokenizer")
+
+    def extend(self, trace: Trace, chunk: list[int]) -> str:
+        """Append a step's tokens to the trace, cut at the first stop; the stop reason or ""."""
+        out, reason = trace.token_ids, ""
+        if len(out) + len(chunk) >= self.max_new_tokens:
+            chunk, reason = chunk[:self.max_new_tokens - len(out)], "max_new_tokens"
+        hit = next((i for i, t in enumerate(chunk) if t in self.eos), None)
+        if hit is not None:
+            chunk, reason = chunk[:hit + 1], "eos"
+        before = len(out)
+        out.extend(chunk)
+        # Search the prefixes longer than `before` tokens (shorter ones were checked by earlier chunks).
+        for keep in range(before + 1, len(out) + 1) if self.stop_strings else ():
+            text = self.tokenizer.decode(out[:keep], skip_special_tokens=True)
+            hits = [text.find(s) + len(s) for s in self.stop_strings if s in text]
+            if hits:
+                del out[keep:]
+                trace.text = text[:min(hits)]
+                return "stop_string"
+        return reason
 
 
-def draft_candidates(mask_logits: torch.Tensor) -> torch.Tensor:
-    """(n, V) lm_head logits of masks -> (n, C) token ids the sampler scores for each."""
-    return mask_logits.topk(min(DRAFT_CANDIDATES, mask_logits.shape[-1]), dim=-1).indices
-
-
-def greedy_sampler_drafts(model: MTPModel, mask_hidden: torch.Tensor, candidates: torch.Tensor,
-                          prev_ids: torch.Tensor) -> torch.Tensor:
-    """(n,) the sampler's greedy pick among each row's candidates, given the token before each."""
-    scores = model.sampler_logits(mask_hidden, prev_ids, candidates)
-    return candidates.gather(1, scores.argmax(-1, keepdim=True)).squeeze(1)
-
-
-def draft(model: MTPModel, mask_hidden: torch.Tensor, mask_logits: torch.Tensor, bonus: int, sampling: Sampling,
-          use_sampler: bool) -> tuple[list[int], torch.Tensor | None]:
-    """k drafts from one mask group (hidden states and lm_head logits): the sampler chain (draft_1
-    sees E(bonus), draft_i E(draft_{i-1})) or, without the sampler, lm_head at each mask. Returns
-    drafts and, when sampling, their q."""
-    if not use_sampler or model.sampler is None:
-        if sampling.greedy:
-            return mask_logits.argmax(-1).tolist(), None
-        q = sampling.probs(mask_logits)
-        return [sampling.draw(row) for row in q], q
-    candidates = draft_candidates(mask_logits)
-    drafts, qs, prev = [], [], bonus
-    prev_ids = torch.empty(1, dtype=torch.long, device=mask_hidden.device)
-    for i, row in enumerate(mask_hidden):
-        if sampling.greedy:
-            prev = int(greedy_sampler_drafts(model, row[None], candidates[i:i + 1], prev_ids.fill_(prev))[0])
-        else:
-            scores = model.sampler_logits(row[None], prev_ids.fill_(prev), candidates[i:i + 1])[0]
-            # q is the sampler's distribution restricted to the candidates: zero elsewhere.
-            restricted = mask_logits.new_full(mask_logits.shape[-1:], float("-inf")).index_copy_(0, candidates[i], scores)
-            qs.append(sampling.probs(restricted))
-            prev = sampling.draw(qs[-1])
-        drafts.append(prev)
-    return drafts, (torch.stack(qs) if qs else None)
-
-
-# Prompt lookup: the context's last 3-gram, else 2-gram, looked up at its most recent earlier
-# occurrence. A 1-gram proposes too often to pay on the held-out distilled prompts (docs/lookup).
-LOOKUP_NGRAMS = (3, 2)
-
-
-def lookup_drafts(context: Sequence[int], max_drafts: int, ngrams: Sequence[int] = LOOKUP_NGRAMS) -> list[int]:
-    """Up to `max_drafts` tokens that followed the most recent earlier occurrence of the context's
-    last n-gram (longest n first); [] when none occurred."""
-    for n in ngrams:
-        if len(context) <= n:
-            continue
-        tail = list(context[-n:])
-        for start in range(len(context) - n - 1, -1, -1):
-            if context[start] == tail[0] and list(context[start:start + n]) == tail:
-                return list(context[start + n:start + n + max_drafts])
-    return []
-
-
-def _one_hot(tokens: Sequence[int], vocab: int, device: torch.device) -> torch.Tensor:
-    """The proposal of forced drafts: deterministic, so acceptance stays exact under sampling."""
-    q = torch.zeros(len(tokens), vocab, device=device)
-    q[torch.arange(len(tokens)), torch.tensor(list(tokens), dtype=torch.long)] = 1.0
-    return q
-
-
-def _first_stop(tokenizer: PreTrainedTokenizerBase, token_ids: list[int], start: int,
-                stop_strings: Sequence[str]) -> tuple[int, str] | None:
-    """(tokens to keep, text cut right after the stop string) at the earliest stop, searching the
-    prefixes longer than `start` tokens (shorter ones were checked by earlier chunks)."""
-    for keep in range(start + 1, len(token_ids) + 1):
-        text = tokenizer.decode(token_ids[:keep], skip_special_tokens=True)
-        hits = [text.find(s) + len(s) for s in stop_strings if s in text]
-        if hits:
-            return keep, text[:min(hits)]
-    return None
+def default_drafter(model: MTPModel, *, method: str, use_sampler: bool = True, lookup: int = 0,
+                    tree_budget: int = 0) -> Drafter | None:
+    """The drafter a method uses: none (autoregressive), the masks' chain or tree, prompt lookup first."""
+    if method == "autoregressive":
+        return None
+    masks = MaskTree(model, tree_budget, use_sampler=use_sampler) if tree_budget else MaskChain(model, use_sampler)
+    return PromptLookup(lookup, masks) if lookup else masks
 
 
 @torch.inference_mode()
@@ -246,117 +200,52 @@ def generate(
     groups: int | None = None,
     use_sampler: bool = True,
     on_chunk: Callable[[list[int]], None] | None = None,
-    draft_override: DraftOverride | None = None,
     lookup: int = 0,
+    tree_budget: int = 0,
+    drafter: Drafter | None = None,
 ) -> Trace:
     """Generate up to `max_new_tokens` after `prompt_ids`; returns the Trace (tokens, text, steps).
 
     k: masks used (1..model.k, default model.k); ignored by autoregressive (trace k = 0).
-    groups: quadratic only, mask groups after the first `groups` of t_0, d_1 .. d_k (default k+1).
+    groups: quadratic only, mask groups after the first `groups` nodes of each draft's group order
+    (a chain: t_0, d_1 .. d_k; default k+1). lookup: up to this many prompt-lookup drafts replace
+    the masks' drafts whenever the context's last n-gram occurred before (0: masks only).
+    tree_budget: draft a tree of at most this many nodes from the masks (0: a chain of k).
+    drafter: propose drafts your own way (tests do) instead of the one these options pick.
     Stops at an EOS (kept), at a stop string (text cut right after it, tokens up to the one that
     completes it) or at max_new_tokens; on_chunk receives each step's new tokens, after cuts.
-    draft_override: test hook (step_index, context_ids, k) -> drafts to propose in place of the
-    model's (context = prompt + tokens so far); forced drafts count as a deterministic proposal.
-    lookup: linear / quadratic: up to this many prompt-lookup drafts replace the masks' drafts
-    whenever the context's last n-gram occurred before (0: masks only). A deterministic proposal,
-    so sampling stays exact too.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
     k = model.k if k is None else k
-    if not 1 <= k <= model.k:
-        raise ValueError(f"k must be between 1 and the adapter's k={model.k}, got {k}")
-    if groups is not None and method != "quadratic":
-        raise ValueError("groups applies to the quadratic method only")
-    groups = k + 1 if groups is None else groups
-    if not 1 <= groups <= k + 1:
-        raise ValueError(f"groups must be between 1 and k+1={k + 1}, got {groups}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if stop_strings and tokenizer is None:
-        raise ValueError("stop_strings need a tokenizer")
+    check_decoding(method=method, k=k, max_k=model.k, groups=groups, lookup=lookup, tree_budget=tree_budget,
+                   temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens)
     if not prompt_ids:
-        raise ValueError("the prompt is empty")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if lookup < 0:
-        raise ValueError(f"lookup must be >= 0, got {lookup}")
-    if lookup and method == "autoregressive":
-        raise ValueError("lookup drafts need a drafting method (linear or quadratic)")
-
+        raise OptionError("the prompt is empty")
     start = time.perf_counter()
-    device = model.mask_embeddings.device
-    sampling = Sampling(temperature, top_k, top_p, seed, device)
-    vocab = model.base.get_output_embeddings().weight.shape[0]
-    eos = set(eos_token_ids)
-    stop_strings = [s for s in stop_strings if s]
+    sampling = Sampling(temperature, top_k, top_p, seed, model.mask_embeddings.device)
+    stop = StopCriteria(max_new_tokens, eos_token_ids, stop_strings, tokenizer)
+    verification = policy(method, k + 1 if groups is None else groups)
+    if drafter is None:
+        drafter = default_drafter(model, method=method, use_sampler=use_sampler, lookup=lookup, tree_budget=tree_budget)
     trace = Trace(method=method, k=0 if method == "autoregressive" else k, prompt_ids=list(prompt_ids),
-                  temperature=temperature)
-    out = trace.token_ids
-    cache = DynamicCache(config=model.base.config)
-    cached = 0
-    tokens = list(prompt_ids)  # prefill: the whole prompt, no drafts
-    drafts: list[int] = []
-    draft_probs = None
-    looked_up = False
-    while len(out) < max_new_tokens:
+                  temperature=temperature, tree_budget=tree_budget)
+    cache, cached = DynamicCache(config=model.base.config), 0
+    tokens, draft = list(prompt_ids), Draft()  # prefill: the whole prompt, no drafts
+    reason = "max_new_tokens" if max_new_tokens == 0 else ""
+    while not reason:
         step_start = time.perf_counter()
-        m = len(drafts)
-        if method == "autoregressive":
-            offsets: list[int] = []
-        elif method == "linear":
-            offsets = [m]
-        else:
-            offsets = list(range(min(groups, m + 1)))
-        accepted, bonus, hidden, group_logits, input_length = verify(
-            model, cache, cached, tokens, drafts, draft_probs, offsets, k, sampling)
-        cached += len(tokens) - m + accepted
-        chunk = drafts[:accepted] + [bonus]
-        done = ""
-        if len(out) + len(chunk) >= max_new_tokens:
-            chunk, done = chunk[:max_new_tokens - len(out)], "max_new_tokens"
-        hit = next((i for i, t in enumerate(chunk) if t in eos), None)
-        if hit is not None:
-            chunk, done = chunk[:hit + 1], "eos"
-        before = len(out)
-        out.extend(chunk)
-        if stop_strings:
-            stop = _first_stop(tokenizer, out, before, stop_strings)
-            if stop is not None:
-                del out[stop[0]:]
-                trace.text, done = stop[1], "stop_string"
-        # Next step's drafts: prompt lookup if it finds any, else the mask group after the last
-        # accepted token (if it was fed).
-        next_drafts, draft_probs, next_looked_up = [], None, False
-        context = list(prompt_ids) + out if not done and (lookup or draft_override) else []
-        if not done and lookup:
-            next_drafts = lookup_drafts(context, lookup)
-            next_looked_up = bool(next_drafts)
-            if next_looked_up and not sampling.greedy:
-                draft_probs = _one_hot(next_drafts, vocab, device)
-        if not done and hidden is not None and not next_looked_up:
-            next_drafts, draft_probs = draft(model, hidden, group_logits, bonus, sampling, use_sampler)
-            forced = draft_override(len(trace.steps), context, k) if draft_override else None
-            if forced is not None:
-                next_drafts = list(forced)[:k]
-                draft_probs = None if sampling.greedy else _one_hot(next_drafts, vocab, device)
-        trace.steps.append(Step(drafts=list(drafts), accepted=accepted, bonus=bonus,
-                                seconds=time.perf_counter() - step_start, input_length=input_length,
-                                new_tokens=len(out) - before, looked_up=looked_up))
-        if on_chunk is not None and len(out) > before:
-            on_chunk(out[before:])
-        if done:
-            trace.stop_reason = done
-            break
-        drafts, looked_up = next_drafts, next_looked_up
-        tokens = [bonus] + drafts
-    else:
-        trace.stop_reason = "max_new_tokens"
-    if tokenizer is not None and trace.stop_reason != "stop_string":
-        trace.text = tokenizer.decode(out, skip_special_tokens=True)
+        verified = verify(model, cache, cached, tokens, draft, verification.anchors(draft), k, sampling)
+        cached += len(tokens) - len(draft.tokens) + len(verified.path)
+        before = len(trace.token_ids)
+        reason = stop.extend(trace, [draft.tokens[node] for node in verified.path] + [verified.bonus])
+        next_draft = Draft() if reason or drafter is None else drafter.propose(
+            trace.prompt_ids + trace.token_ids, verified.group, sampling)
+        trace.steps.append(Step.of(draft, verified.path, verified.bonus, time.perf_counter() - step_start,
+                                   verified.input_length, len(trace.token_ids) - before))
+        if on_chunk is not None and len(trace.token_ids) > before:
+            on_chunk(trace.token_ids[before:])
+        tokens, draft = [verified.bonus] + next_draft.tokens, next_draft
+    trace.stop_reason = reason
+    if tokenizer is not None and reason != "stop_string":
+        trace.text = tokenizer.decode(trace.token_ids, skip_special_tokens=True)
     trace.seconds = time.perf_counter() - start
     return trace

@@ -1,4 +1,4 @@
-"""Token layouts and attention masks, as pure functions (DESIGN §3 and §5).
+"""Token layouts and attention masks, as pure functions (docs/design.md §3 and §5).
 
 A layout is what one forward pass sees: input ids (mask for offset i written as -i), position ids,
 labels (training), and a bool visibility matrix `attention` of shape (q, cached + q) where True
@@ -119,31 +119,65 @@ def mask_blocks_layout(ids: Sequence[int], k: int, anchors: Sequence[int], cache
                   torch.tensor(labels), same_real)
 
 
-def step_layout(tokens: Sequence[int], cached: int, k: int, anchors: Sequence[int]) -> Layout:
-    """One decoding pass: new real/draft tokens (causal), then a k-mask group per anchor.
+def chain_parents(n: int) -> list[int]:
+    """Parents of n tokens in a chain: each token's parent is the one before it (-1: none)."""
+    return list(range(-1, n - 1))
 
-    tokens[i] sits at position cached+i. The mask group of anchor a (an index into tokens) sits at
-    positions cached+a+1 .. cached+a+k and sees the cache, tokens[0..a] and its own earlier masks:
-    it guesses the k tokens that follow the token predicted at tokens[a].
+
+def tree_positions(parents: Sequence[int]) -> list[int]:
+    """Depth of each token in a forest given by parent indices (-1: a root at depth 0)."""
+    depths: list[int] = []
+    for i, parent in enumerate(parents):
+        if not -1 <= parent < i:
+            raise ValueError(f"token {i}'s parent must come before it (or be -1), got {parent}")
+        depths.append(0 if parent < 0 else depths[parent] + 1)
+    return depths
+
+
+def ancestor_matrix(parents: Sequence[int]) -> torch.Tensor:
+    """(n, n) bool: [i, j] is True when token j is token i or one of its ancestors."""
+    n = len(parents)
+    seen = torch.eye(n, dtype=torch.bool)
+    for i, parent in enumerate(parents):
+        if parent >= 0:
+            seen[i] |= seen[parent]
+    return seen
+
+
+def step_layout(tokens: Sequence[int], cached: int, k: int, anchors: Sequence[int],
+                parents: Sequence[int] | None = None) -> Layout:
+    """One decoding pass: new real/draft tokens, then a k-mask group per anchor (docs/design.md §5).
+
+    parents[i] is the index of the token tokens[i] follows (-1: the cache's last token); None is a
+    chain, each token after the one before it. tokens[i] sits at position cached + its depth and
+    sees the cache and its own ancestors: a chain is causal, a tree (docs/design.md §7) verifies
+    every root-to-node path at once. The mask group of anchor a (an index into tokens) sits at
+    positions pos(a)+1 .. pos(a)+k and sees what tokens[a] sees, tokens[a] and its own earlier
+    masks: it guesses the k tokens that follow the token predicted at tokens[a].
     - autoregressive: anchors = []
-    - linear: anchors = [len(tokens) - 1]
-    - quadratic: anchors = [verified index, each draft index]; cost-aware: only the first g.
+    - linear: anchors = [the last draft] (a tree: the last node of its most probable path)
+    - quadratic: anchors = [t_0, each draft]; cost-aware: only some of them.
     """
     n = len(tokens)
     if n == 0:
         raise ValueError("a decoding step needs at least one token")
     if any(a < 0 or a >= n for a in anchors):
         raise ValueError(f"anchors must index the step's tokens (0..{n - 1})")
+    parents = chain_parents(n) if parents is None else list(parents)
+    if len(parents) != n:
+        raise ValueError(f"{n} tokens need {n} parents, got {len(parents)}")
+    depths = tree_positions(parents)
     q = n + len(anchors) * k
     input_ids = list(tokens) + [mask_id(i) for _ in anchors for i in range(1, k + 1)]
-    positions = [cached + i for i in range(n)] + [cached + a + i for a in anchors for i in range(1, k + 1)]
+    positions = [cached + d for d in depths] + [cached + depths[a] + i for a in anchors for i in range(1, k + 1)]
+    seen = ancestor_matrix(parents)
     attention = torch.zeros(q, cached + q, dtype=torch.bool)
     attention[:, :cached] = True
-    attention[:n, cached:cached + n] = torch.tril(torch.ones(n, n, dtype=torch.bool))
+    attention[:n, cached:cached + n] = seen
     causal_k = torch.tril(torch.ones(k, k, dtype=torch.bool))
     for group, a in enumerate(anchors):
         rows = slice(n + group * k, n + (group + 1) * k)
-        attention[rows, cached:cached + a + 1] = True
+        attention[rows, cached:cached + n] = seen[a]
         attention[rows, cached + n + group * k: cached + n + (group + 1) * k] = causal_k
     return Layout(torch.tensor(input_ids), torch.tensor(positions), attention)
 

@@ -1,8 +1,14 @@
-"""The Trace of one generation and its metrics (DESIGN §5 names). UI and benchmark read only this."""
+"""The Trace of one generation and its metrics (docs/design.md §6 names). UI and benchmark read only this."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from .layouts import tree_positions
+
+if TYPE_CHECKING:
+    from .drafting import Draft
 
 
 @dataclass
@@ -16,10 +22,33 @@ class Step:
     input_length: int  # tokens fed to the pass: real + draft + mask
     new_tokens: int = 0  # tokens this step added to the output (accepted + bonus, less any cut by a stop)
     looked_up: bool = False  # the drafts came from prompt lookup, not from the masks
+    # A draft tree (empty for a chain): each draft's parent (-1: the step's first token) and the
+    # accepted path (draft indices, root first).
+    parents: list[int] = field(default_factory=list)
+    path: list[int] = field(default_factory=list)
+
+    @staticmethod
+    def of(draft: "Draft", path: list[int], bonus: int, seconds: float, input_length: int, new_tokens: int) -> "Step":
+        tree = not draft.is_chain
+        return Step(drafts=list(draft.tokens), accepted=len(path), bonus=bonus, seconds=seconds,
+                    input_length=input_length, new_tokens=new_tokens, looked_up=draft.looked_up,
+                    parents=list(draft.parents) if tree else [], path=list(path) if tree else [])
+
+    @property
+    def accepted_path(self) -> list[int]:
+        """Indices of the accepted drafts (a chain: its first `accepted`)."""
+        return self.path if self.parents else list(range(self.accepted))
 
     @property
     def rejected(self) -> list[int]:
-        return self.drafts[self.accepted:]
+        """Draft tokens not on the accepted path."""
+        kept = set(self.accepted_path)
+        return [t for i, t in enumerate(self.drafts) if i not in kept]
+
+    @property
+    def depth(self) -> int:
+        """How far ahead the drafts reach (a chain: its length)."""
+        return 1 + max(tree_positions(self.parents)) if self.parents else len(self.drafts)
 
 
 @dataclass
@@ -33,6 +62,7 @@ class Trace:
     seconds: float = 0.0  # whole call, wall clock
     stop_reason: str = ""  # "eos", "stop_string", "max_new_tokens"
     temperature: float = 0.0
+    tree_budget: int = 0  # drafts came as trees of at most this many nodes (0: chains)
 
     @property
     def forward_passes(self) -> int:
@@ -68,7 +98,7 @@ class Trace:
         """For offset i (1..k): accepted ÷ proposed among steps that proposed a draft at offset i."""
         rates = []
         for offset in range(1, self.k + 1):
-            proposed = [step for step in self.steps if len(step.drafts) >= offset]
+            proposed = [step for step in self.steps if step.depth >= offset]
             rates.append(sum(step.accepted >= offset for step in proposed) / len(proposed) if proposed else 0.0)
         return rates
 
@@ -92,7 +122,7 @@ class Trace:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Trace":
-        names = {"method", "k", "prompt_ids", "token_ids", "text", "seconds", "stop_reason", "temperature"}
+        names = {"method", "k", "prompt_ids", "token_ids", "text", "seconds", "stop_reason", "temperature", "tree_budget"}
         trace = cls(**{key: data[key] for key in names if key in data})
         trace.steps = [Step(**step) for step in data.get("steps", [])]
         return trace

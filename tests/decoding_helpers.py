@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from mtp import adapter
 from mtp.adapter import MTPModel, identity_of
+from mtp.drafting import Draft
 
 
 def tiny_mtp(family: str = "llama", seed: int = 0, k: int = 8, vocab: int = 128, lora_std: float = 0.0,
@@ -46,21 +47,31 @@ def random_prompt(seed: int, length: int, vocab: int) -> list[int]:
     return torch.randint(2, vocab, (length,), generator=generator).tolist()
 
 
-def oracle(continuation: list[int], correct: int | None = None, vocab: int = 128):
-    """draft_override proposing the true continuation, with only its first `correct` drafts right."""
-    def override(step: int, context: list[int], k: int) -> list[int]:
-        assert context == continuation[:len(context)], "the context must be the greedy continuation"
-        true = continuation[len(context):len(context) + k]
-        good = k if correct is None else correct
-        return [t if i < good else (t + 1) % vocab for i, t in enumerate(true)]
-    return override
+class Oracle:
+    """A drafter proposing the true continuation as a chain of k, with only its first `correct`
+    drafts right; like the masks, it proposes only when the last pass fed a group after its path."""
+
+    def __init__(self, continuation: list[int], k: int, correct: int | None = None, vocab: int = 128) -> None:
+        self.continuation, self.k, self.correct, self.vocab = continuation, k, correct, vocab
+
+    def propose(self, context: list[int], group, sampling) -> Draft:
+        if group is None:
+            return Draft()
+        assert context == self.continuation[:len(context)], "the context must be the greedy continuation"
+        true = self.continuation[len(context):len(context) + self.k]
+        good = self.k if self.correct is None else self.correct
+        return Draft.chain([t if i < good else (t + 1) % self.vocab for i, t in enumerate(true)])
+
+
+def oracle(continuation: list[int], k: int, correct: int | None = None, vocab: int = 128) -> Oracle:
+    return Oracle(continuation, k, correct, vocab)
 
 
 @torch.inference_mode()
 def next_token_probs(model: MTPModel, contexts: list[list[int]], temperature: float,
                      top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """Exact next-token distributions of the plain base model for equally long contexts, (n, V)."""
-    from mtp.decoding import distribution
+    from mtp.sampling import distribution
     return distribution(model.base(torch.tensor(contexts)).logits[:, -1], temperature, top_k, top_p)
 
 

@@ -6,7 +6,8 @@ import pytest
 from decoding_helpers import greedy_reference, random_prompt, tiny_mtp
 
 from mtp.acceptance import Pass, draft_matches, lookup_matches, replay
-from mtp.decoding import generate, lookup_drafts
+from mtp.decoding import generate
+from mtp.drafting import lookup_drafts
 
 
 def accepted(passes: list[Pass]) -> list[int | None]:

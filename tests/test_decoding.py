@@ -8,7 +8,8 @@ import torch
 from decoding_helpers import (chi_square, chi_square_critical, first_three_marginals, greedy_reference, oracle,
                               random_prompt, tiny_mtp)
 from mtp import decoding
-from mtp.decoding import distribution, generate
+from mtp.decoding import generate
+from mtp.sampling import distribution
 
 METHODS = ("autoregressive", "linear", "quadratic")
 K_VALUES = (1, 2, 3, 4, 8)
@@ -84,7 +85,7 @@ def test_oracle_true_drafts_accept_everything(method: str, k: int) -> None:
     steps = 6
     total = 1 + steps * (k + 1)
     continuation = prompt + greedy_reference(model, prompt, total + k + 1)
-    trace = generate(model, prompt, method=method, k=k, max_new_tokens=total, draft_override=oracle(continuation))
+    trace = generate(model, prompt, method=method, k=k, max_new_tokens=total, drafter=oracle(continuation, k))
     assert trace.token_ids == continuation[len(prompt):len(prompt) + total]
     assert trace.accept_counts == [0] + [k] * steps
     assert [len(s.drafts) for s in trace.steps] == [0] + [k] * steps
@@ -101,9 +102,9 @@ def test_oracle_wrong_drafts(k: int) -> None:
     model = tiny_mtp("llama", seed=2, lora_std=0.5)
     prompt = random_prompt(6, 8, 128)
     continuation = prompt + greedy_reference(model, prompt, 40)
-    wrong = oracle(continuation, correct=0)
-    linear = generate(model, prompt, method="linear", k=k, max_new_tokens=20, draft_override=wrong)
-    quadratic = generate(model, prompt, method="quadratic", k=k, max_new_tokens=20, draft_override=wrong)
+    wrong = oracle(continuation, k, correct=0)
+    linear = generate(model, prompt, method="linear", k=k, max_new_tokens=20, drafter=wrong)
+    quadratic = generate(model, prompt, method="quadratic", k=k, max_new_tokens=20, drafter=wrong)
     for trace in (linear, quadratic):
         assert trace.token_ids == continuation[len(prompt):len(prompt) + 20]
         assert trace.tokens_per_step == 1.0 and trace.accepted_drafts == 0
@@ -120,14 +121,14 @@ def test_oracle_partial_drafts_quadratic_keeps_group() -> None:
     continuation = prompt + greedy_reference(model, prompt, 80)
     for correct in range(k):
         trace = generate(model, prompt, method="quadratic", k=k, max_new_tokens=40,
-                         draft_override=oracle(continuation, correct=correct))
+                         drafter=oracle(continuation, k, correct=correct))
         assert trace.token_ids == continuation[len(prompt):len(prompt) + 40]
         assert set(trace.accept_counts[1:-1]) == {correct}
         assert all(len(s.drafts) == k for s in trace.steps[1:])
         # Cost-aware layout: no group after d_correct when groups <= correct -> next pass has no drafts.
         if correct >= 1:
             cheap = generate(model, prompt, method="quadratic", k=k, groups=correct, max_new_tokens=40,
-                             draft_override=oracle(continuation, correct=correct))
+                             drafter=oracle(continuation, k, correct=correct))
             assert cheap.token_ids == trace.token_ids
             assert [len(s.drafts) for s in cheap.steps[1:5]] == [k, 0, k, 0]
 
@@ -144,12 +145,12 @@ def test_eos_max_new_tokens_and_chunks() -> None:
     for method in METHODS:
         chunks: list[list[int]] = []
         trace = generate(model, prompt, method=method, k=4, max_new_tokens=40, eos_token_ids=[eos],
-                         on_chunk=chunks.append, draft_override=oracle(continuation))
+                         on_chunk=chunks.append, drafter=oracle(continuation, 4))
         assert trace.token_ids == expected and trace.stop_reason == "eos"
         assert [t for c in chunks for t in c] == expected
         assert [len(c) for c in chunks] == [s.new_tokens for s in trace.steps]
     # max_new_tokens cuts an accepted chunk that overshoots.
-    trace = generate(model, prompt, method="quadratic", k=8, max_new_tokens=5, draft_override=oracle(continuation))
+    trace = generate(model, prompt, method="quadratic", k=8, max_new_tokens=5, drafter=oracle(continuation, 8))
     assert trace.token_ids == reference[:5] and trace.stop_reason == "max_new_tokens"
     assert trace.forward_passes == 2 and trace.steps[1].accepted == 8 and trace.steps[1].new_tokens == 4
 
@@ -170,7 +171,7 @@ def test_stop_strings_cut_text_and_tokens() -> None:
     stop = full[10:13]
     end = full.index(stop) + 3
     trace = generate(model, prompt, k=4, max_new_tokens=30, stop_strings=[stop, "never"], tokenizer=tokenizer,
-                     draft_override=oracle(prompt + reference))
+                     drafter=oracle(prompt + reference, 4))
     assert trace.stop_reason == "stop_string"
     assert trace.text == full[:end] and trace.token_ids == reference[:end]
     assert sum(s.new_tokens for s in trace.steps) == end
@@ -190,7 +191,9 @@ def test_trace_fields_and_bad_arguments() -> None:
     for kwargs, message in [({"method": "cubic"}, "unknown method"), ({"k": 0}, "k must"), ({"k": 5}, "k must"),
                             ({"groups": 5, "k": 3}, "groups"), ({"method": "linear", "groups": 1}, "quadratic"),
                             ({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p"),
-                            ({"lookup": -1}, "lookup must"), ({"method": "autoregressive", "lookup": 4}, "lookup drafts")]:
+                            ({"lookup": -1}, "lookup must"), ({"method": "autoregressive", "lookup": 4}, "drafting method"),
+                            ({"temperature": float("nan")}, "finite"), ({"tree_budget": -1}, "tree_budget"),
+                            ({"method": "autoregressive", "tree_budget": 8}, "drafting method")]:
         with pytest.raises(ValueError, match=message):
             generate(model, prompt, **kwargs)
     with pytest.raises(ValueError, match="empty"):
@@ -276,13 +279,40 @@ def test_broken_acceptance_rule_is_detected(sampling_model, monkeypatch) -> None
     model, prompt = sampling_model
     marginals = first_three_marginals(model, prompt, VOCAB, TEMPERATURE)
 
-    def always_accept(target_logits, drafts, draft_probs, sampling):
-        return len(drafts), sampling.draw(sampling.probs(target_logits)[len(drafts)])
+    def always_accept(target_logits, draft, sampling):
+        accepted = len(draft.tokens)
+        return list(range(accepted)), sampling.draw(sampling.probs(target_logits)[accepted])
 
     monkeypatch.setattr(decoding, "accept", always_accept)
     stats = _statistics(_sample_counts(model, prompt, "quadratic"), marginals)
     assert stats[0][0] < stats[0][1]  # the first token never comes from a draft
     assert stats[1][0] > 3 * stats[1][1] and stats[2][0] > 3 * stats[2][1], stats
+
+
+TREE_BUDGET = 6  # with k=3 and a 16-token vocabulary: siblings at every depth
+
+
+def test_speculative_sampling_with_draft_trees_matches_plain_distribution(sampling_model) -> None:
+    """Tree drafts are deterministic; siblings are tried in turn on the residual: still exact."""
+    model, prompt = sampling_model
+    traces = [generate(model, prompt, k=3, max_new_tokens=3, temperature=TEMPERATURE, seed=seed,
+                       tree_budget=TREE_BUDGET) for seed in range(20)]
+    assert all(trace.steps[1].parents and len(trace.steps[1].drafts) == TREE_BUDGET for trace in traces)
+    siblings = [p for p in traces[0].steps[1].parents if p == -1]
+    assert len(siblings) >= 2  # the root has several children: the multi-draft rule is exercised
+    marginals = first_three_marginals(model, prompt, VOCAB, TEMPERATURE)
+    stats = _statistics(_sample_counts(model, prompt, "quadratic", tree_budget=TREE_BUDGET), marginals)
+    assert all(statistic < critical for statistic, critical in stats), stats
+
+
+def test_broken_sibling_rule_is_detected(sampling_model, monkeypatch) -> None:
+    """Trying each sibling against the full target instead of the residual left by the rejected
+    ones over-produces the later siblings: the same test must fail."""
+    model, prompt = sampling_model
+    marginals = first_three_marginals(model, prompt, VOCAB, TEMPERATURE)
+    monkeypatch.setattr(decoding, "_residual", lambda p, q, token: p)
+    stats = _statistics(_sample_counts(model, prompt, "quadratic", tree_budget=TREE_BUDGET), marginals)
+    assert any(statistic > critical for statistic, critical in stats[1:]), stats
 
 
 def test_sampling_is_seeded_and_top_k_respected(sampling_model) -> None:
@@ -316,11 +346,11 @@ def test_greedy_identity_smollm2() -> None:
         prompt = encode_prompt(loaded.tokenizer, text)
         reference = greedy_reference(model, prompt, new + 8)
         runs = [("autoregressive", None, None, None), ("linear", 4, None, None), ("quadratic", 8, None, None),
-                ("quadratic", 3, 2, None), ("quadratic", 4, None, oracle(prompt + reference, correct=2,
+                ("quadratic", 3, 2, None), ("quadratic", 4, None, oracle(prompt + reference, 4, correct=2,
                                                                           vocab=loaded.identity.vocab_size))]
         for method, k, groups, override in runs:
             trace = generate(model, prompt, method=method, k=k, groups=groups, max_new_tokens=new,
-                             tokenizer=loaded.tokenizer, draft_override=override)
+                             tokenizer=loaded.tokenizer, drafter=override)
             assert trace.token_ids == reference[:new], (text, method, k)
             assert trace.text == loaded.tokenizer.decode(reference[:new], skip_special_tokens=True)
             if override is not None:

@@ -1,0 +1,233 @@
+"""Where drafts come from: the masks' chain, the masks' tree, prompt lookup (docs/design.md §5, §7).
+
+A drafter turns what the last pass left (the context so far and, if the pass fed one after the
+accepted path, that mask group's hidden states and logits) into the Draft the next pass verifies.
+Drafts are only proposals: whatever they hold, verification keeps the output exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol, Sequence
+
+import torch
+
+from .adapter import MTPModel
+from .layouts import chain_parents, tree_positions
+from .sampling import Sampling
+
+
+class MaskGroup(NamedTuple):
+    """The k-mask group after the accepted path: it guesses the k tokens after `bonus`."""
+
+    hidden: torch.Tensor  # (k, d) final hidden states of the masks
+    logits: torch.Tensor  # (k, V) their lm_head logits
+    bonus: int  # the token the group's anchor predicted (the verified pass's bonus token)
+
+
+@dataclass
+class Draft:
+    """Tokens for the next pass to verify, as a tree rooted at t_0 (a chain is a tree of width 1).
+
+    parents[i]: index of the node tokens[i] follows, -1 for t_0 (the newest verified token).
+    Nodes come parents first. probs: under sampling, the proposal q each chain token was drawn from
+    (None: the tokens are a deterministic proposal, verified as one-hot q). scores: the drafter's
+    probability of reaching each node (trees only): which nodes get mask groups depends on it.
+    """
+
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    probs: torch.Tensor | None = None
+    scores: list[float] | None = None
+    looked_up: bool = False
+
+    @staticmethod
+    def chain(tokens: Sequence[int], probs: torch.Tensor | None = None, looked_up: bool = False) -> "Draft":
+        return Draft(list(tokens), chain_parents(len(tokens)), probs, None, looked_up)
+
+    @property
+    def is_chain(self) -> bool:
+        return all(parent == i - 1 for i, parent in enumerate(self.parents))
+
+    def children(self) -> dict[int, list[int]]:
+        """Node -> its children in order (-1: t_0's)."""
+        children: dict[int, list[int]] = {-1: []}
+        for i, parent in enumerate(self.parents):
+            children.setdefault(i, [])
+            children[parent].append(i)
+        return children
+
+    def depths(self) -> list[int]:
+        """Depth of each node: 1 for t_0's children."""
+        return [depth + 1 for depth in tree_positions(self.parents)]
+
+    def main_leaf(self) -> int:
+        """The last node of the most probable path (a chain: its last token; -1 when empty)."""
+        if self.is_chain:
+            return len(self.tokens) - 1
+        children, node = self.children(), -1
+        while children[node]:
+            node = max(children[node], key=lambda c: self.scores[c])
+        return node
+
+    def group_order(self) -> list[int]:
+        """Nodes (-1: t_0) in the order they get mask groups as the number of groups grows.
+
+        A chain: t_0 then its drafts in order, the paper's quadratic layout. A tree: by the
+        drafter's probability that the accepted path ends at the node, its probability of being
+        reached less its children's (they would carry the path further)."""
+        if self.is_chain:
+            return list(range(-1, len(self.tokens)))
+        ends = {-1: 1.0}
+        ends.update({i: score for i, score in enumerate(self.scores)})
+        for i, parent in enumerate(self.parents):
+            ends[parent] -= self.scores[i]
+        return sorted(ends, key=lambda node: (-ends[node], node))
+
+
+class Drafter(Protocol):
+    """Anything that proposes the next pass's draft."""
+
+    def propose(self, context: list[int], group: MaskGroup | None, sampling: Sampling) -> Draft:
+        """context: prompt + output so far; group: the mask group after the accepted path, if fed."""
+        ...
+
+
+# The sampler scores only the top candidates of each mask's own lm_head row: one batched lm_head
+# read for all k masks instead of k serial ones. Drafts are only proposals, so exactness holds.
+DRAFT_CANDIDATES = 64
+
+
+def draft_candidates(mask_logits: torch.Tensor) -> torch.Tensor:
+    """(n, V) lm_head logits of masks -> (n, C) token ids the sampler scores for each."""
+    return mask_logits.topk(min(DRAFT_CANDIDATES, mask_logits.shape[-1]), dim=-1).indices
+
+
+def greedy_sampler_drafts(model: MTPModel, mask_hidden: torch.Tensor, candidates: torch.Tensor,
+                          prev_ids: torch.Tensor) -> torch.Tensor:
+    """(n,) the sampler's greedy pick among each row's candidates, given the token before each."""
+    scores = model.sampler_logits(mask_hidden, prev_ids, candidates)
+    return candidates.gather(1, scores.argmax(-1, keepdim=True)).squeeze(1)
+
+
+class MaskChain:
+    """k drafts from one mask group: the sampler chain (draft_1 sees E(bonus), draft_i
+    E(draft_{i-1})) or, without the sampler, lm_head at each mask. Sampled when T > 0."""
+
+    def __init__(self, model: MTPModel, use_sampler: bool = True) -> None:
+        self.model, self.use_sampler = model, use_sampler and model.sampler is not None
+
+    def propose(self, context: list[int], group: MaskGroup | None, sampling: Sampling) -> Draft:
+        if group is None:
+            return Draft()
+        if not self.use_sampler:
+            if sampling.greedy:
+                return Draft.chain(group.logits.argmax(-1).tolist())
+            q = sampling.probs(group.logits)
+            return Draft.chain([sampling.draw(row) for row in q], q)
+        candidates = draft_candidates(group.logits)
+        drafts, qs, prev = [], [], group.bonus
+        prev_ids = torch.empty(1, dtype=torch.long, device=group.hidden.device)
+        for i, row in enumerate(group.hidden):
+            if sampling.greedy:
+                prev = int(greedy_sampler_drafts(self.model, row[None], candidates[i:i + 1], prev_ids.fill_(prev))[0])
+            else:
+                scores = self.model.sampler_logits(row[None], prev_ids.fill_(prev), candidates[i:i + 1])[0]
+                # q is the sampler's distribution restricted to the candidates: zero elsewhere.
+                restricted = group.logits.new_full(group.logits.shape[-1:], float("-inf")).index_copy_(
+                    0, candidates[i], scores)
+                qs.append(sampling.probs(restricted))
+                prev = sampling.draw(qs[-1])
+            drafts.append(prev)
+        return Draft.chain(drafts, torch.stack(qs) if qs else None)
+
+
+# Each depth expands this many of its most probable nodes, each into this many children, before
+# the whole tree is cut to the node budget (EAGLE-2's expand-then-rerank; docs/design.md §7).
+TREE_WIDTH = 8
+
+
+def mask_tree(model: MTPModel, group: MaskGroup, budget: int, width: int = TREE_WIDTH,
+              use_sampler: bool = True) -> Draft:
+    """The `budget` most probable nodes of the masks' draft tree (deterministic, parents first).
+
+    Depth i's candidates are mask i's lm_head top-C, scored by the sampler given the parent's
+    token; a node's score is the product of its path's draft probabilities. Width 1 and budget k
+    is the greedy sampler chain."""
+    k = group.hidden.shape[0]
+    candidates = draft_candidates(group.logits)
+    sampler = use_sampler and model.sampler is not None
+    tokens, parents, scores, depths = [], [], [], []
+    frontier = [-1]  # node indices; -1 is t_0 (token: the bonus, score 1)
+
+    def token_of(node: int) -> int:
+        return group.bonus if node < 0 else tokens[node]
+
+    def score_of(node: int) -> float:
+        return 1.0 if node < 0 else scores[node]
+
+    for depth in range(k):
+        expand = sorted(frontier, key=lambda node: -score_of(node))[:width]
+        rows = candidates[depth].expand(len(expand), -1)
+        if sampler:
+            prev = torch.tensor([token_of(node) for node in expand], device=group.hidden.device)
+            logits = model.sampler_logits(group.hidden[depth].expand(len(expand), -1), prev, rows)
+        else:
+            logits = group.logits[depth, candidates[depth]].expand(len(expand), -1)
+        top_probs, top_index = torch.softmax(logits.float(), dim=-1).topk(min(width, rows.shape[1]), dim=-1)
+        frontier = []
+        for parent, probs, index in zip(expand, top_probs.tolist(), top_index.tolist()):
+            for prob, i in zip(probs, index):
+                frontier.append(len(tokens))
+                tokens.append(int(candidates[depth, i]))
+                parents.append(parent)
+                scores.append(score_of(parent) * prob)
+                depths.append(depth + 1)
+    # A child never outscores its parent, and ties go to the shallower node: the kept set is a tree.
+    kept = sorted(range(len(tokens)), key=lambda i: (-scores[i], depths[i]))[:budget]
+    kept.sort(key=lambda i: (depths[i], -scores[i]))
+    new_index = {old: new for new, old in enumerate(kept)}
+    return Draft([tokens[i] for i in kept], [new_index.get(parents[i], -1) for i in kept], None,
+                 [scores[i] for i in kept])
+
+
+class MaskTree:
+    """Drafts a tree of at most `budget` nodes from the mask group (trees are deterministic
+    proposals: under sampling, siblings are verified by recursive rejection)."""
+
+    def __init__(self, model: MTPModel, budget: int, width: int = TREE_WIDTH, use_sampler: bool = True) -> None:
+        self.model, self.budget, self.width, self.use_sampler = model, budget, width, use_sampler
+
+    def propose(self, context: list[int], group: MaskGroup | None, sampling: Sampling) -> Draft:
+        if group is None:
+            return Draft()
+        return mask_tree(self.model, group, self.budget, self.width, self.use_sampler)
+
+
+# Prompt lookup: the context's last 3-gram, else 2-gram, looked up at its most recent earlier
+# occurrence. A 1-gram proposes too often to pay on the held-out distilled prompts (docs/lookup).
+LOOKUP_NGRAMS = (3, 2)
+
+
+def lookup_drafts(context: Sequence[int], max_drafts: int, ngrams: Sequence[int] = LOOKUP_NGRAMS) -> list[int]:
+    """Up to `max_drafts` tokens that followed the most recent earlier occurrence of the context's
+    last n-gram (longest n first); [] when none occurred."""
+    for n in ngrams:
+        if len(context) <= n:
+            continue
+        tail = list(context[-n:])
+        for start in range(len(context) - n - 1, -1, -1):
+            if context[start] == tail[0] and list(context[start:start + n]) == tail:
+                return list(context[start + n:start + n + max_drafts])
+    return []
+
+
+class PromptLookup:
+    """Prompt lookup (Saxena 2023) where the context's last n-gram occurred before, else `fallback`."""
+
+    def __init__(self, max_drafts: int, fallback: Drafter) -> None:
+        self.max_drafts, self.fallback = max_drafts, fallback
+
+    def propose(self, context: list[int], group: MaskGroup | None, sampling: Sampling) -> Draft:
+        found = lookup_drafts(context, self.max_drafts)
+        return Draft.chain(found, looked_up=True) if found else self.fallback.propose(context, group, sampling)

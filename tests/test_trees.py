@@ -1,0 +1,173 @@
+"""Draft trees (docs/design.md §7): the tree layout, the tree drafter, KV compaction, exact decoding and replay."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from decoding_helpers import greedy_reference, random_prompt, tiny_mtp
+from transformers import DynamicCache
+
+from mtp.acceptance import draft_matches, replay, tree_key, tree_match
+from mtp.decoding import generate, keep_in_cache
+from mtp.drafting import Draft, MaskChain, MaskGroup, mask_tree
+from mtp.layouts import ancestor_matrix, chain_parents, step_layout, tree_positions
+from mtp.methods import Linear, PathEnd, Quadratic
+from mtp.sampling import Sampling
+from mtp.trace import Step, Trace
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- layouts -------------------------------------------------------------------------------------
+def test_tree_layout_by_hand():
+    # t0 with children a (1) and b (2); a has child c (3). A group of k=2 masks after b.
+    tokens, parents = [50, 51, 52, 53], [-1, 0, 0, 1]
+    layout = step_layout(tokens, cached=3, k=2, anchors=[2], parents=parents)
+    assert layout.input_ids.tolist() == [50, 51, 52, 53, -1, -2]
+    assert layout.position_ids.tolist() == [3, 4, 4, 5, 5, 6]  # depth decides the position
+    visible = layout.attention[:, 3:].int().tolist()
+    assert layout.attention[:, :3].all()  # everything sees the cache
+    assert visible == [
+        [1, 0, 0, 0, 0, 0],  # t0
+        [1, 1, 0, 0, 0, 0],  # a: t0, itself
+        [1, 0, 1, 0, 0, 0],  # b: t0, itself (not its sibling a)
+        [1, 1, 0, 1, 0, 0],  # c: t0, a, itself
+        [1, 0, 1, 0, 1, 0],  # mask 1 after b: b's ancestors and b, itself
+        [1, 0, 1, 0, 1, 1],  # mask 2 after b
+    ]
+
+
+def test_chain_parents_give_the_causal_layout():
+    chain = step_layout([5, 6, 7, 8], 2, 3, [0, 2])
+    assert torch.equal(chain.attention, step_layout([5, 6, 7, 8], 2, 3, [0, 2], chain_parents(4)).attention)
+    assert torch.equal(chain.attention[:4, 2:6], torch.tril(torch.ones(4, 4, dtype=torch.bool)))
+    assert tree_positions([-1, 0, 0, 2, -1]) == [0, 1, 1, 2, 0]
+    assert ancestor_matrix([-1, 0, 0, 2]).int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 1, 1]]
+    with pytest.raises(ValueError, match="parent must come before"):
+        step_layout([1, 2], 0, 1, [], parents=[-1, 1])
+    with pytest.raises(ValueError, match="need 2 parents"):
+        step_layout([1, 2], 0, 1, [], parents=[-1])
+
+
+# -- drafts and policies -------------------------------------------------------------------------
+def test_group_order_and_policies():
+    chain = Draft.chain([7, 8, 9])
+    assert chain.group_order() == [-1, 0, 1, 2] and chain.main_leaf() == 2
+    assert Quadratic(2).anchors(chain) == [-1, 0] and Linear().anchors(chain) == [2]
+    assert Linear().anchors(Draft()) == [-1] and Quadratic(3).anchors(Draft()) == [-1]
+    # Root children a (0.6) and b (0.3); a's child c (0.6 * 0.5). End probabilities: root 0.1,
+    # a 0.3, b 0.3, c 0.3 -> ties broken by node index.
+    tree = Draft([1, 2, 3], [-1, -1, 0], None, [0.6, 0.3, 0.3])
+    assert tree.group_order() == [0, 1, 2, -1]
+    assert tree.main_leaf() == 2 and tree.depths() == [1, 1, 2]
+    assert tree.children() == {-1: [0, 1], 0: [2], 1: [], 2: []}
+    assert Quadratic(2).anchors(tree) == [0, 1] and Linear().anchors(tree) == [2]
+    assert PathEnd.of(tree, 1) == PathEnd(1, False) and PathEnd.of(tree, 2) == PathEnd(2, True)
+    for accepted in range(4):
+        assert PathEnd.of(chain, accepted - 1) == PathEnd.of_chain(accepted, 3)
+    assert tree_match(tree, [1, 3, 5]) == (2, PathEnd.of(tree, 2))
+    assert tree_match(tree, [2, 3]) == (1, PathEnd.of(tree, 1)) and tree_match(tree, [4]) == (0, PathEnd.of(tree, -1))
+
+
+def _group(model, seed: int) -> MaskGroup:
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(model.k, model.base.config.hidden_size, generator=generator)
+    return MaskGroup(hidden, model.lm_logits(hidden), bonus=3)
+
+
+@torch.inference_mode()
+def test_mask_tree_is_a_budgeted_tree_and_width_one_is_the_chain():
+    model = tiny_mtp("llama", seed=3, k=5, lora_std=0.5)
+    for seed in range(4):
+        group = _group(model, seed)
+        chain = MaskChain(model).propose([], group, Sampling(0.0))
+        assert mask_tree(model, group, budget=model.k, width=1).tokens == chain.tokens
+        for budget in (1, 7, 30):
+            tree = mask_tree(model, group, budget)
+            assert len(tree.tokens) == budget
+            assert all(parent < i for i, parent in enumerate(tree.parents))  # parents first
+            assert all(tree.scores[i] <= (1.0 if p < 0 else tree.scores[p]) + 1e-9 for i, p in enumerate(tree.parents))
+            assert max(tree.depths()) <= model.k
+            siblings = {}
+            for i, parent in enumerate(tree.parents):
+                siblings.setdefault(parent, []).append(tree.tokens[i])
+            assert all(len(set(tokens)) == len(tokens) for tokens in siblings.values())  # no repeated child
+
+
+# -- KV cache ------------------------------------------------------------------------------------
+def test_keep_in_cache_gathers_the_path():
+    model = tiny_mtp("qwen2", seed=1)
+    cache = DynamicCache(config=model.base.config)
+    with torch.inference_mode():
+        model(torch.arange(10)[None] + 2, torch.arange(10)[None], past_key_values=cache, use_cache=True)
+    keys = cache.layers[0].keys.clone()
+    keep_in_cache(cache, 4, [5, 7, 8])
+    assert cache.get_seq_length() == 7
+    assert torch.equal(cache.layers[0].keys, keys[..., [0, 1, 2, 3, 5, 7, 8], :])
+    keep_in_cache(cache, 4, [4, 5])  # a prefix: a crop
+    assert torch.equal(cache.layers[0].keys, keys[..., [0, 1, 2, 3, 5, 7], :])
+
+
+# -- exact decoding --------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_greedy_identity_with_trees(family: str) -> None:
+    model = tiny_mtp(family, seed=7, lora_std=1.0)
+    small = tiny_mtp(family, seed=3, k=6, vocab=6, lora_std=0.5)  # drafts accepted often
+    accepted = 0
+    for mtp_model, vocab, new in ((model, 128, 24), (small, 6, 40)):
+        for seed in range(2):
+            prompt = random_prompt(seed, 4 + 5 * seed, vocab)
+            reference = greedy_reference(mtp_model, prompt, new)
+            for method, groups in (("linear", None), ("quadratic", None), ("quadratic", 1), ("quadratic", 3)):
+                for k, budget in ((2, 3), (4, 16), (6, 64)):
+                    trace = generate(mtp_model, prompt, method=method, k=k, groups=groups, max_new_tokens=new,
+                                     tree_budget=budget)
+                    assert trace.token_ids == reference, (family, seed, method, groups, k, budget)
+                    assert trace.tree_budget == budget and sum(s.new_tokens for s in trace.steps) == new
+                    assert all(len(s.drafts) <= budget for s in trace.steps)
+                    accepted += trace.accepted_drafts
+    assert accepted > 100
+
+
+def test_tree_steps_round_trip_and_metrics():
+    model = tiny_mtp("llama", seed=3, k=6, vocab=6, lora_std=0.5)
+    trace = generate(model, random_prompt(1, 7, 6), k=4, max_new_tokens=30, tree_budget=12)
+    trees = [s for s in trace.steps if s.parents]
+    assert trees and any(s.path for s in trees)
+    for step in trees:
+        assert step.accepted == len(step.path) and len(step.rejected) == len(step.drafts) - step.accepted
+        assert [step.parents[n] for n in step.path] == [-1] + step.path[:-1]  # a root-to-node path
+        assert step.depth <= 4
+    again = Trace.from_dict(dataclasses.asdict(trace))  # how the demo keeps a trace between events
+    assert again.steps == trace.steps and again.tree_budget == 12
+    assert Step.of(Draft.chain([1, 2]), [0], 5, 0.1, 4, 2).parents == []  # chains store no tree
+
+
+# -- exact replay ----------------------------------------------------------------------------------
+def test_tree_replay_equals_decoding() -> None:
+    model = tiny_mtp("llama", seed=3, k=6, vocab=6, lora_std=0.5)
+    configs = [(3, 4), (6, 16), (6, 40)]
+    checked = accepted = 0
+    for seed in range(3):
+        prompt = random_prompt(seed, 7, 6)
+        reference = greedy_reference(model, prompt, 40)
+        matches = draft_matches(model, prompt + reference, len(prompt), chunk=5, trees=configs)
+        for k, budget in configs:
+            for method, groups in (("linear", None), ("quadratic", None), ("quadratic", 1), ("quadratic", 2)):
+                trace = generate(model, prompt, method=method, k=k, groups=groups, max_new_tokens=40, tree_budget=budget)
+                assert trace.token_ids == reference
+                passes = replay(matches[tree_key(k, budget)], method, k, len(reference), groups)
+                assert len(passes) == trace.forward_passes, (seed, method, k, budget, groups)
+                assert [p.accepted or 0 for p in passes[:-1]] == trace.accept_counts[:-1]
+                assert [p.accepted is not None for p in passes] == [bool(step.drafts) for step in trace.steps]
+                checked += 1
+                accepted += sum(trace.accept_counts)
+    assert checked == 36 and accepted > 100
