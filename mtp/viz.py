@@ -17,7 +17,8 @@ from .trace import Step, Trace
 
 COLORS = {"accepted": "#1b7a36", "rejected": "#c0392b", "bonus": "#1f5fbf"}
 BACKGROUNDS = {"accepted": "#d9f2df", "rejected": "#fbe0dd", "bonus": "#dce7fb"}
-METHOD_COLORS = {"autoregressive": "#7f7f7f", "linear": "#ff7f0e", "quadratic": "#1f77b4"}
+# The race's lanes: the three methods, and the checkpoint's measured default.
+LANE_COLORS = {"autoregressive": "#7f7f7f", "linear": "#ff7f0e", "quadratic": "#1f77b4", "default": "#2ca02c"}
 LEGEND = {
     "accepted": "accepted draft",
     "rejected": "rejected draft (never part of the output)",
@@ -210,21 +211,67 @@ def trace_points(trace: Trace) -> list[tuple[float, int]]:
     return points
 
 
-def race_figure(series: dict[str, Sequence[tuple[float, int]]]) -> go.Figure:
-    """Tokens vs time, one line per method (each from its own start)."""
+def trace_markdown(trace: Trace) -> str:
+    """One line of Markdown with the trace's metrics."""
+    s = trace_summary(trace)
+    return (f"**{s['method']}** · {s['new tokens']} tokens · {s['forward passes']} forward passes · "
+            f"τ = **{s['τ (tokens per step)']}** tokens per step · draft acceptance {s['draft acceptance']} · "
+            f"**{s['tokens/s']} tokens/s** · {s['wall s']} s · stop: {s['stop']}")
+
+
+def race_figure(series: Mapping[str, Sequence[tuple[float, int]]],
+                colors: Mapping[str, str] | None = None) -> go.Figure:
+    """Tokens vs time, one line per lane (each from its own start)."""
     fig = go.Figure()
-    for method, points in series.items():
+    for name, points in series.items():
         fig.add_trace(go.Scatter(
-            x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name=method,
-            line=dict(shape="hv", color=METHOD_COLORS.get(method)), marker=dict(size=4),
+            x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name=name,
+            line=dict(shape="hv", color=(colors or {}).get(name)), marker=dict(size=4),
         ))
     fig.update_layout(title="Tokens generated vs time", xaxis_title="seconds", yaxis_title="tokens",
                       height=340, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
     return fig
 
 
-def race_table(traces: dict[str, Trace]) -> pd.DataFrame:
-    return pd.DataFrame([trace_summary(t) for t in traces.values()])
+def race_table(traces: Mapping[str, Trace], details: Mapping[str, Mapping] | None = None) -> pd.DataFrame:
+    """One row per lane: its details (settings) if given, then the trace's metrics."""
+    return pd.DataFrame([{**(details or {}).get(name, {}), **trace_summary(trace)} for name, trace in traces.items()])
+
+
+def speed_figure(panels: Mapping[str, Mapping], measured: Mapping[str, tuple[int, float]],
+                 colors: Mapping[str, str]) -> go.Figure:
+    """Predicted tokens/s against k, one panel per device: a line per lane (autoregressive flat, dashed),
+    and on the first panel each lane's measured point (a star at its k; autoregressive at k = 0).
+
+    panels: {title: {"autoregressive": tokens/s, lane: [(k, tokens/s), ...]}}; measured: {lane: (k, tokens/s)}.
+    """
+    titles = list(panels)
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, shared_yaxes=True, horizontal_spacing=0.06)
+    for col, title in enumerate(titles, start=1):
+        lines = panels[title]
+        ks = sorted({k for name, points in lines.items() if name != "autoregressive" for k, _ in points})
+        for name, points in lines.items():
+            if name == "autoregressive":
+                x, y, dash = [0, *ks], [points] * (len(ks) + 1), "dash"
+            else:
+                x, y, dash = [k for k, _ in points], [v for _, v in points], None
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines" if dash else "lines+markers", name=f"{name} (predicted)",
+                                     line=dict(color=colors.get(name), dash=dash), legendgroup=name,
+                                     showlegend=col == 1,
+                                     hovertemplate=f"{name}<br>k=%{{x}}: %{{y:.1f}} tokens/s predicted<extra></extra>"),
+                          row=1, col=col)
+        if col == 1:
+            for name, (k, value) in measured.items():
+                fig.add_trace(go.Scatter(x=[k], y=[value], mode="markers", name=f"{name} (measured here)",
+                                         marker=dict(symbol="star", size=14, color=colors.get(name),
+                                                     line=dict(color="black", width=1)), legendgroup=name,
+                                         hovertemplate=f"{name}<br>k=%{{x}}: %{{y:.1f}} tokens/s measured<extra></extra>"),
+                              row=1, col=col)
+        fig.update_xaxes(title_text="k (mask tokens; 0 = autoregressive)", dtick=1, row=1, col=col)
+    fig.update_yaxes(title_text="tokens/s after the first token", rangemode="tozero", row=1, col=1)
+    fig.update_layout(title="Why it is faster: tokens/s against k", height=420, margin=dict(l=10, r=10, t=70, b=10),
+                      legend=dict(orientation="h", y=-0.25), font=dict(size=12))
+    return fig
 
 
 # -- Lossless check ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Shared helpers for the demo's tests: hand-built traces, a fake tokenizer, the app server process."""
+"""Shared helpers for the demo's tests: hand-built traces, a fake tokenizer, the app server process, the browser."""
 
 from __future__ import annotations
 
@@ -10,10 +10,16 @@ import time
 import urllib.request
 from pathlib import Path
 
+from playwright.sync_api import Page
+
 from mtp.trace import Step, Trace
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"]
+LONG = 900_000  # ms: generous, for a busy 2-core CPU
 
 
 class LetterTokenizer:
@@ -79,3 +85,39 @@ def stop_app(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+# -- the page in Debian's chromium, driven by playwright (never a downloaded browser build) -------------
+def launch_chromium(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+
+
+def set_number(page: Page, slider: str, value) -> None:
+    box = page.locator(f"{slider} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    page.wait_for_function(f"document.querySelector('{slider} input[type=range]').value == '{value}'")
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"e2e-{name}.png"), full_page=True)
+
+
+def wait_text(page: Page, selector: str, pattern: str, timeout: int = LONG) -> str:
+    page.wait_for_function(
+        "([s, p]) => new RegExp(p).test(document.querySelector(s)?.innerText || '')", arg=[selector, pattern],
+        timeout=timeout)
+    return page.inner_text(selector)
+
+
+def table_rows(page: Page, selector: str) -> list[list[str]]:
+    """Cells of a gr.Dataframe (a virtual grid: only rows in view are rendered, so keep tables short)."""
+    page.locator(selector).scroll_into_view_if_needed()
+    rows = page.locator(f"{selector} [role=row].virtual-row")
+    return [[c.strip() for c in rows.nth(i).locator("[role=gridcell]").all_inner_texts()] for i in range(rows.count())]
+
+
+def table_size(page: Page, selector: str) -> int:
+    """Number of data rows of a gr.Dataframe, rendered or not."""
+    return int(page.get_attribute(f"{selector} [role=grid]", "aria-rowcount")) - 1

@@ -132,3 +132,25 @@ def test_token_texts_from_mapping():
     texts = {t: LetterTokenizer().decode([t]) for s in trace.steps for t in s.drafts + [s.bonus]}
     assert viz.accept_reject_html(trace, texts) == viz.accept_reject_html(trace, LetterTokenizer())
     assert viz.token_decoder({})(5) == "<5>" and viz.token_decoder(None)(5) == "<5>"
+
+
+def test_race_table_names_each_lanes_settings():
+    trace = recorded_trace()
+    table = viz.race_table({"paper": trace}, {"paper": {"lane": "paper", "groups": "4", "lookup": 0}})
+    assert list(table.columns[:4]) == ["lane", "groups", "lookup", "method"]
+    assert table.loc[0, "groups"] == "4" and table.loc[0, "new tokens"] == 9
+    assert "9 tokens · 4 forward passes" in viz.trace_markdown(trace)
+
+
+def test_speed_figure_lines_per_panel_and_measured_stars():
+    panels = {"here": {"autoregressive": 30.0, "linear": [(1, 35.0), (2, 38.0)]},
+              "gpu": {"autoregressive": 30.0, "linear": [(1, 55.0), (2, 70.0)]}}
+    fig = viz.speed_figure(panels, {"autoregressive": (0, 29.0), "linear": (2, 37.0)},
+                           {"autoregressive": "#777", "linear": "#f80"})
+    names = [(d.name, d.xaxis) for d in fig.data]
+    assert names == [("autoregressive (predicted)", "x"), ("linear (predicted)", "x"),
+                     ("autoregressive (measured here)", "x"), ("linear (measured here)", "x"),
+                     ("autoregressive (predicted)", "x2"), ("linear (predicted)", "x2")]
+    assert list(fig.data[0].x) == [0, 1, 2] and list(fig.data[0].y) == [30.0] * 3  # flat: no masks
+    assert list(fig.data[5].y) == [55.0, 70.0] and fig.data[3].marker.symbol == "star"
+    assert [a.text for a in fig.layout.annotations] == ["here", "gpu"]

@@ -1,0 +1,144 @@
+"""The demo's parts without a server: offered choices, race lanes, the machine lock, the speed picture's data."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from mtp import adapter
+from mtp.api import BUILT_IN, DEFAULT_CHECKPOINT, DecodingSettings
+from mtp.demo import race, speed
+from mtp.demo.checks import check_int, check_temperature, friendly
+from mtp.demo.handlers import Demo
+from mtp.demo.store import FRESH, ModelStore, checkpoint_choices
+from mtp.models import EMBEDDED_NAME
+from tests.app_helpers import autoregressive_trace, recorded_trace
+
+MEASURED = DecodingSettings("quadratic", 4, 1, 10, "measured on AMD EPYC (2026-11-26)")
+
+
+def fake_checkpoint(folder: Path) -> Path:
+    """The shipped checkpoint's config beside a link to its weights: a real checkpoint, cheaply."""
+    folder.mkdir(parents=True)
+    shutil.copy(DEFAULT_CHECKPOINT / adapter.CONFIG_FILE, folder / adapter.CONFIG_FILE)
+    (folder / adapter.WEIGHTS_FILE).symlink_to(DEFAULT_CHECKPOINT / adapter.WEIGHTS_FILE)
+    return folder
+
+
+def test_checkpoint_list_hides_staging_copies_and_train_state(tmp_path):
+    run = fake_checkpoint(tmp_path / "ui-1")
+    fake_checkpoint(run / "train_state")
+    fake_checkpoint(tmp_path / f".ui-2.tmp-{os.getpid()}-abc")  # a save in progress (this process is alive)
+    choices = checkpoint_choices(EMBEDDED_NAME, [], tmp_path)
+    assert [c for c in choices if "ui-" in c or "train_state" in c] == [str(run)]
+    assert choices[-1] == FRESH and choices.count(str(run)) == 1
+
+
+def test_handlers_accept_only_offered_choices(tmp_path):
+    demo = Demo(ModelStore("cpu"), [EMBEDDED_NAME], [], tmp_path)
+    elsewhere = fake_checkpoint(tmp_path.parent / f"{tmp_path.name}-elsewhere")  # a checkpoint, but not offered
+    with pytest.raises(gr.Error, match="unknown checkpoint"):
+        demo.checkpoint_dir(EMBEDDED_NAME, str(elsewhere))
+    with pytest.raises(gr.Error, match="unknown model"):
+        demo.checkpoint_dir("org/other", FRESH)
+    # The Train tab's start_from goes through the same check before anything starts.
+    with pytest.raises(gr.Error, match="unknown checkpoint"):
+        demo.train_start(EMBEDDED_NAME, 2, 2, "mix of all three", 2, str(elsewhere), None)
+    assert demo.training.phase == "idle"
+    trained = fake_checkpoint(tmp_path / "ui-7")  # trained since the page was built: offered at once
+    assert demo.checkpoint_dir(EMBEDDED_NAME, str(trained)) == trained
+
+
+def test_user_errors_are_one_log_line(caplog):
+    caplog.set_level(logging.INFO, logger="mtp.app")
+    @friendly
+    def handler(value):
+        return check_int(value, "steps", 1, 5)
+
+    with pytest.raises(gr.Error, match="steps must be a whole number from 1 to 5"):
+        handler(9)
+    with pytest.raises(gr.Error, match="temperature must be a finite number"):
+        friendly(check_temperature)("nan")
+    refused = [r for r in caplog.records if r.name == "mtp.app"]
+    assert len(refused) == 2 and all(r.exc_info is None and "\n" not in r.getMessage() for r in refused)
+
+
+def test_race_lanes_name_their_settings():
+    lanes = race.race_lanes(4, MEASURED)
+    assert [lane.slot for lane in lanes] == list(race.SLOTS)
+    auto, linear, paper, default = lanes
+    assert (paper.method, paper.k, paper.groups, paper.lookup) == ("quadratic", 4, 5, 0)
+    assert (default.method, default.k, default.groups, default.lookup) == ("quadratic", 4, 1, 10)
+    assert "5 mask groups (all k+1)" in paper.settings and "no lookup" in paper.settings
+    assert "1 mask group " in default.settings + " " and "up to 10 lookup drafts" in default.settings
+    assert "k = 4" in linear.settings and "drafts" in auto.settings
+    assert default.details() == {"lane": "measured default", "groups": "1", "lookup": 10}
+    # Without measured defaults (or when they equal a lane) there is no fourth lane.
+    assert len(race.race_lanes(4, DecodingSettings("quadratic", 4, None, 0, BUILT_IN))) == 3
+    assert len(race.race_lanes(4, MEASURED._replace(groups=5, lookup=0))) == 3
+
+
+def test_machine_serialises_races_and_sees_other_requests():
+    machine = race.Machine()
+    mark = machine.mark()
+    assert not machine.disturbed_since(mark)
+    with machine.busy():
+        assert machine.disturbed_since(mark)
+    assert machine.disturbed_since(mark) and not machine.disturbed_since(machine.mark())
+    order = []
+    assert machine.race.acquire(blocking=False)
+    second = threading.Thread(target=lambda: (machine.race.acquire(), order.append("second"), machine.race.release()))
+    second.start()
+    second.join(0.2)
+    order.append("first")
+    machine.race.release()
+    second.join()
+    assert order == ["first", "second"]
+
+
+def test_decode_rate_leaves_out_the_prefill():
+    trace = recorded_trace()  # 9 tokens; the prefill took 0.20 s, the other three passes 0.30 s
+    assert race.decode_rate(trace) == pytest.approx(8 / 0.30)
+    assert race.identity_verdict({"autoregressive": autoregressive_trace(trace.token_ids), "q": trace}).startswith("✅")
+    other = autoregressive_trace(trace.token_ids[:4] + [0] + trace.token_ids[5:])
+    assert "first at token 4" in race.identity_verdict({"autoregressive": trace, "x": other})
+
+
+def curve() -> dict:
+    shapes = lambda k, s: {"autoregressive": {"input_length": 1, "seconds": 0.03},  # noqa: E731
+                           "draftless": {"input_length": k + 1, "seconds": s},
+                           "linear": {"input_length": 2 * k + 1, "seconds": s},
+                           **{f"quadratic g={g}": {"input_length": k + 1 + g * k, "seconds": s + 0.01 * g}
+                              for g in range(1, k + 2)}}
+    return {"step_seconds": {"1": shapes(1, 0.04), "2": shapes(2, 0.05)}, "drafting_seconds": {"1": 0.001, "2": 0.002},
+            "backbone_seconds": {"1": 0.025, "10": 0.03, "100": 0.1}}
+
+
+def test_one_pass_curve_prices_every_pass_as_one_token():
+    flat = speed.one_pass_curve(curve())
+    assert {s["seconds"] for shapes in flat["step_seconds"].values() for s in shapes.values()} == {0.03}
+    assert set(flat["backbone_seconds"].values()) == {0.025} and flat["drafting_seconds"] == curve()["drafting_seconds"]
+    assert list(speed.up_to_k(curve(), 1)["step_seconds"]) == ["1"]
+
+
+def test_predicted_lines_pick_each_lanes_layout():
+    candidates = [{"method": "autoregressive", "k": None, "groups": None, "lookup": 0, "predicted_tokens_per_second": 30}]
+    for k in (1, 2):
+        candidates += [{"method": "linear", "k": k, "groups": None, "lookup": 0, "predicted_tokens_per_second": 40 + k}]
+        candidates += [{"method": "quadratic", "k": k, "groups": g, "lookup": lookup,
+                        "predicted_tokens_per_second": 50 + 10 * k + g + lookup} for g in range(1, k + 2) for lookup in (0, 10)]
+    assert speed._pick(candidates, speed.LineSpec("paper", "quadratic", None, 0)) == [(1, 62), (2, 73)]
+    assert speed._pick(candidates, speed.LineSpec("default", "quadratic", 1, 10)) == [(1, 71), (2, 81)]
+    assert speed._pick(candidates, speed.LineSpec("linear", "linear", None, 0)) == [(1, 41), (2, 42)]
+
+
+def test_measured_cost_curve_is_the_committed_one_for_the_embedded_model():
+    cost = speed.measured_cost_curve(EMBEDDED_NAME)
+    assert cost is not None and "AMD EPYC" in cost.where and set(cost.curve["step_seconds"]) >= {"1", "4", "8"}
+    assert speed.measured_cost_curve("org/other-model") is None
