@@ -7,6 +7,8 @@ import importlib
 import logging
 import sys
 
+from .options import OptionError
+
 COMMANDS = {
     "generate": "generate text with autoregressive / linear / quadratic decoding",
     "distill": "self-distil training data: the base model's own greedy responses",
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return int(importlib.import_module(f"mtp.commands.{args.command}").run(args) or 0)
-    except UsageError as error:
+    except (UsageError, OptionError) as error:  # an option the engine refuses is bad input too
         print(f"error: {error}", file=sys.stderr)
         return 2
 

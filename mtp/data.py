@@ -136,23 +136,25 @@ def read_prompt_files(paths: list[str | Path]) -> list[PromptRecord]:
 
 
 def _finished_keys(out: Path) -> set[str]:
-    """Keys already written; a torn last line (killed mid-write) is cut off so the file stays valid."""
+    """Keys already written. A torn last line (a kill mid-write leaves no newline at its end) is cut
+    off; any other line that is not a distilled sample is refused, since appending to a file that
+    distill did not write would damage it."""
     if not out.exists():
         return set()
-    keys, good_bytes = set(), 0
-    with open(out, "rb") as handle:
-        for raw in handle:
-            try:
-                keys.add(json.loads(raw)["key"])
-            except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
-                break
-            if not raw.endswith(b"\n"):
-                break
-            good_bytes += len(raw)
-    if good_bytes != out.stat().st_size:
+    raw = out.read_bytes()
+    lines = raw.split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a newline
+    keys = set()
+    for number, line in enumerate(lines, start=1):
+        try:
+            keys.add(json.loads(line)["key"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise ValueError(f"{out}:{number}: not a sample written by distill: choose another output file, "
+                             "this one is left as it is") from None
+    if torn:
+        log.warning("%s: cut its torn last line (a run killed mid-write); its prompts are distilled again", out)
         with open(out, "r+b") as handle:
-            handle.truncate(good_bytes)
-        keys = {json.loads(line)["key"] for line in out.read_text().splitlines()}
+            handle.truncate(len(raw) - len(torn))
     return keys
 
 
@@ -196,8 +198,11 @@ def distill(prompt_files: list[str | Path], out: str | Path, *, model_source: st
             chat_template: bool = True) -> Path:
     """Write JSONL {key, domain, source, prompt, prompt_ids, response_ids}; resumable and kill-safe."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     records = select_prompts(read_prompt_files(prompt_files), limit, seed, per_domain)
+    if not records:
+        raise ValueError(f"no prompts to distill in {', '.join(map(str, prompt_files))}"
+                         + (f" for the domains {sorted(per_domain)}" if per_domain else "") + ": nothing written")
+    out.parent.mkdir(parents=True, exist_ok=True)
     done = _finished_keys(out)
     todo = [r for r in records if r.key not in done]
     log.info("%d prompts selected, %d already distilled, %d to go", len(records), len(records) - len(todo), len(todo))
@@ -211,6 +216,8 @@ def distill(prompt_files: list[str | Path], out: str | Path, *, model_source: st
             log.warning("%s: skipped, prompt has %d tokens (> %d)", record.source, len(ids), max_prompt_tokens)
             continue
         encoded.append((record, ids))
+    if not encoded:
+        raise ValueError(f"all {len(todo)} prompts to distill are longer than {max_prompt_tokens} tokens: nothing written")
     # Sort by length within windows: less padding per batch, while a partial file (a run that is
     # still going) already holds the whole selection's mix of domains.
     window = batch_size * 8

@@ -8,7 +8,7 @@ before the slow imports.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 METHODS = ("autoregressive", "linear", "quadratic")
 DRAFTING_METHODS = ("linear", "quadratic")  # the methods that propose drafts (masks or prompt lookup)
@@ -46,35 +46,42 @@ def check_finite(name: str, value: float | None) -> None:
         raise OptionError(f"{name} must be a finite number, got {value}")
 
 
+def cli_flag(name: str) -> str:
+    """How the command line spells an option: top_p -> --top-p (pass as check_decoding's `spell`)."""
+    return "--" + name.replace("_", "-")
+
+
 def check_decoding(*, method: str | None = None, k: int | None = None, max_k: int | None = None,
                    groups: int | None = None, lookup: int | None = None, tree_budget: int | None = None,
                    temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                   max_new_tokens: int | None = None) -> None:
+                   max_new_tokens: int | None = None, spell: Callable[[str], str] = str) -> None:
     """Raise OptionError with one message for the first decoding option that is invalid.
 
     None means "not given" and always passes. max_k is the adapter's k (None: not known yet, only
     k >= 1 is checked). groups (quadratic only) must fit 1..k+1 when k is known. lookup and
     tree_budget of 0 mean "off" and pass with any method; a positive one needs a drafting method.
+    spell: how messages name an option (cli_flag for the command line; the Python names by default).
     """
     if method is not None and method not in METHODS:
         raise OptionError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    check_int("k", k, 1, max_k)
+    check_int(spell("k"), k, 1, max_k)
     if groups is not None:
         if method is not None and method != "quadratic":
-            raise OptionError(f"groups applies to the quadratic method only, not {method}")
-        check_int("groups", groups, 1, None if k is None else k + 1)
+            raise OptionError(f"{spell('groups')} applies to the quadratic method only, not {method}")
+        check_int(spell("groups"), groups, 1, None if k is None else k + 1)
     for name, value, high in (("lookup", lookup, None), ("tree_budget", tree_budget, MAX_TREE_BUDGET)):
-        check_int(name, value, 0, high)
+        check_int(spell(name), value, 0, high)
         if value and method == "autoregressive":
-            raise OptionError(f"{name} needs a drafting method ({' or '.join(DRAFTING_METHODS)}), not autoregressive")
-    check_finite("temperature", temperature)
+            raise OptionError(f"{spell(name)} needs a drafting method ({' or '.join(DRAFTING_METHODS)}), "
+                              "not autoregressive")
+    check_finite(spell("temperature"), temperature)
     if temperature is not None and temperature < 0:
-        raise OptionError(f"temperature must be >= 0, got {temperature}")
-    check_int("top_k", top_k, 1)
-    check_finite("top_p", top_p)
+        raise OptionError(f"{spell('temperature')} must be >= 0, got {temperature}")
+    check_int(spell("top_k"), top_k, 1)
+    check_finite(spell("top_p"), top_p)
     if top_p is not None and not 0 < top_p <= 1:
-        raise OptionError(f"top_p must be in (0, 1], got {top_p}")
-    check_int("max_new_tokens", max_new_tokens, 0)
+        raise OptionError(f"{spell('top_p')} must be in (0, 1], got {top_p}")
+    check_int(spell("max_new_tokens"), max_new_tokens, 0)
 
 
 def eos_token_ids(tokenizer: object, generation_config: object | None) -> list[int]:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 
 import pytest
 
 from mtp.__main__ import main as cli
-from mtp.data import ASSETS, BUNDLED_TRAIN, EVAL_SETS, read_prompt_files, read_prompts
+from mtp.data import ASSETS, BUNDLED_TRAIN, EVAL_SETS, _prompt_of, read_prompt_files, read_prompts
 from tests.train_helpers import tiny_model_dir
 
 
@@ -83,12 +84,78 @@ def test_gzipped_prompt_files_are_read(tmp_path):
 
 
 def test_bundled_training_data_is_disjoint_from_the_eval_sets():
-    eval_prompts = {r.prompt for r in read_prompt_files([ASSETS / "eval" / f"{name}.jsonl" for name in EVAL_SETS.values()])}
+    # Compared without outer whitespace: the distilled mixes hold prompts as an older reader stripped them.
+    eval_prompts = {r.prompt.strip()
+                    for r in read_prompt_files([ASSETS / "eval" / f"{name}.jsonl" for name in EVAL_SETS.values()])}
     train = read_prompt_files(BUNDLED_TRAIN)
     assert {r.domain for r in train} == {"math", "code", "chat"}
-    assert not eval_prompts & {r.prompt for r in train}
+    assert not eval_prompts & {r.prompt.strip() for r in train}
     mixes = sorted((ASSETS.parent / "distilled").glob("smollm2_*.jsonl.gz"))
-    assert mixes and not eval_prompts & {r.prompt for r in read_prompt_files(mixes)}
+    assert mixes and not eval_prompts & {r.prompt.strip() for r in read_prompt_files(mixes)}
+
+
+SHARED_DATA = ASSETS.parent.parent.parent / "shared" / "data"
+
+
+@pytest.mark.parametrize("path", sorted(ASSETS.glob("*/*.json*")) + sorted(SHARED_DATA.glob("*/*.json*")),
+                         ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}/{p.name}")
+def test_bundled_prompt_files_are_read_verbatim(path):
+    """Issue 20: every prompt exactly as the file holds it (the reader stripped them; all 80 HumanEval
+    eval prompts and every code stub end in newlines)."""
+    raw = path.read_bytes().decode("utf-8")  # strict: the bundled files are valid UTF-8
+    objects = json.loads(raw) if path.suffix == ".json" else [json.loads(line) for line in raw.split("\n") if line]
+    expected = [prompt for prompt in map(_prompt_of, objects) if prompt is not None and prompt.strip()]
+    assert expected and [r.prompt for r in read_prompts(path)] == expected
+
+
+def test_prompts_keep_their_whitespace_and_whitespace_only_prompts_are_skipped(tmp_path, caplog):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "  two leading spaces\n"}) + "\n" + json.dumps({"prompt": " \n\t"}) + "\n"
+                    + json.dumps({"prompt": "a\u2028b"}) + "\n")  # U+2028 inside a prompt is no line break
+    with caplog.at_level(logging.WARNING, logger="mtp.data"):
+        assert [r.prompt for r in read_prompts(path)] == ["  two leading spaces\n", "a\u2028b"]
+    assert "p.jsonl:2: skipped, no prompt/question/turns/instruction text (or only whitespace)" in caplog.text
+
+
+def test_invalid_utf8_is_reported_never_replaced(tmp_path, caplog):
+    lines = [json.dumps({"prompt": "fine"}).encode(), b'{"prompt": "caf\xe9"}', json.dumps({"prompt": "also fine"}).encode()]
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with caplog.at_level(logging.WARNING, logger="mtp.data"):
+        prompts = [r.prompt for r in read_prompts(path)]
+    assert prompts == ["fine", "also fine"] and not any("\ufffd" in p for p in prompts)
+    assert "latin1.jsonl:2: skipped, not valid UTF-8 (byte 0xe9 at column 13)" in caplog.text
+    array = tmp_path / "latin1.json"
+    array.write_bytes(b'[{"prompt": "fine"},\n {"prompt": "caf\xe9"}]')
+    with pytest.raises(ValueError, match="latin1.json:2: not valid UTF-8"):
+        read_prompts(array)
+
+
+def test_output_problems_are_refused_before_the_model_loads(tmp_path, model_dir, capsys, monkeypatch):
+    import mtp.data
+    monkeypatch.setattr(mtp.data, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    assert distill(model_dir, prompt_file(tmp_path), tmp_path) == 2
+    assert f"--out {tmp_path} is a directory" in capsys.readouterr().err
+    read_only = "/sys/mtp-no-such-dir/o.jsonl" if os.geteuid() == 0 else str(tmp_path / "ro" / "o.jsonl")
+    if os.geteuid() != 0:
+        (tmp_path / "ro").mkdir(mode=0o500)
+    assert distill(model_dir, prompt_file(tmp_path), read_only) == 2
+    assert f"cannot write --out {read_only}: cannot write in" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert distill(model_dir, empty, tmp_path / "o.jsonl") == 2
+    captured = capsys.readouterr()
+    assert "no prompts to distill in" in captured.err and "distilled data" not in captured.out
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_an_output_file_distill_did_not_write_is_left_alone(tmp_path, model_dir, capsys):
+    """--out pointing at another JSONL (say the prompts file) once truncated it at its first line."""
+    prompts = prompt_file(tmp_path)
+    before = prompts.read_bytes()
+    assert distill(model_dir, prompts, prompts) == 2
+    assert "prompts.jsonl:1: not a sample written by distill" in capsys.readouterr().err
+    assert prompts.read_bytes() == before
 
 
 @pytest.mark.parametrize("name", ["code_python_stdlib", "code_python_packages"])

@@ -168,9 +168,13 @@ def test_cpu_linear_choice(tiny) -> None:
     (["--prompt", "x", "--k", "0"], "--k must be at least 1"),
     (["--prompt", "x", "--checkpoint", "/no/such/checkpoint"], "checkpoint directory /no/such/checkpoint does not exist"),
     (["--prompts-file", "/no/such/prompts.jsonl"], "cannot read prompts file"),
-    (["--prompt", "x", "--method", "linear", "--groups", "2"], "--groups applies to --method quadratic only"),
-    (["--prompt", "x", "--lookup", "-1"], "--lookup must be >= 0"),
-    (["--prompt", "x", "--method", "autoregressive", "--lookup", "4"], "--lookup drafts need --method linear"),
+    (["--prompt", "x", "--method", "linear", "--groups", "2"], "--groups applies to the quadratic method only"),
+    (["--prompt", "x", "--lookup", "-1"], "--lookup must be at least 0"),
+    (["--prompt", "x", "--method", "autoregressive", "--lookup", "4"], "--lookup needs a drafting method"),
+    (["--prompt", "x", "--temperature", "nan"], "--temperature must be a finite number"),
+    (["--prompt", "x", "--temperature", "inf"], "--temperature must be a finite number"),
+    (["--prompt", "x", "--top-p", "nan"], "--top-p must be a finite number"),
+    (["--prompt", "x", "--top-k", "0"], "--top-k must be at least 1"),
 ])
 def test_bad_input_before_loading(args: list[str], message: str) -> None:
     result = mtp_generate(*args)
@@ -179,15 +183,22 @@ def test_bad_input_before_loading(args: list[str], message: str) -> None:
     assert result.stdout == "" and len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
 
 
-@pytest.mark.parametrize("case", ["k_too_large", "prompt_too_long", "no_prompts"])
+@pytest.mark.parametrize("case", ["k_too_large", "prompt_too_long", "no_prompts", "bad_config"])
 def test_bad_input_needing_the_model(tiny, tmp_path, case: str) -> None:
     model_dir, checkpoint, _ = tiny
     base = ["--model", str(model_dir), "--checkpoint", str(checkpoint)]
     if case == "k_too_large":
-        result, message = mtp_generate("--prompt", "hi", "--k", "5", *base), "--k 5 exceeds the checkpoint's k=4"
+        result, message = mtp_generate("--prompt", "hi", "--k", "5", *base), "--k must be between 1 and 4, got 5"
     elif case == "prompt_too_long":
         result = mtp_generate("--prompt", "word " * 200, *base)
         message = f"more than the model's context window of {WINDOW}"
+    elif case == "bad_config":  # issue 20: a wrongly typed field was a traceback
+        broken = tmp_path / "broken"
+        shutil.copytree(checkpoint, broken)
+        config = json.loads((broken / adapter.CONFIG_FILE).read_text())
+        (broken / adapter.CONFIG_FILE).write_text(json.dumps({**config, "base": "smollm2"}))
+        result = mtp_generate("--prompt", "hi", "--model", str(model_dir), "--checkpoint", str(broken))
+        message = "holds an invalid config: base must be an object"
     else:
         path = tmp_path / "bad.jsonl"
         path.write_text('{"text": "no prompt field"}\nnot json\n')
@@ -196,3 +207,20 @@ def test_bad_input_needing_the_model(tiny, tmp_path, case: str) -> None:
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_prompts_file_is_read_verbatim_like_prompt(tmp_path) -> None:
+    """Issue 20: --prompts-file stripped each prompt, so a code stub ending in newlines got other tokens
+    than --prompt with the same text. Embedded model: the shipped tokenizer and chat template."""
+    text = '  def add(a, b):\n    """Return a + b."""\n\n'
+    path = tmp_path / "stub.jsonl"
+    path.write_text(json.dumps({"prompt": text}) + "\n")
+    common = ("--max-new-tokens", "3", "--method", "autoregressive", "--json")
+    from_file = mtp_generate("--prompts-file", str(path), *common)
+    given = mtp_generate("--prompt", text, *common)
+    assert from_file.returncode == 0 and given.returncode == 0, from_file.stderr + given.stderr
+    file_record, prompt_record = json.loads(from_file.stdout), json.loads(given.stdout)
+    assert file_record["token_ids"] == prompt_record["token_ids"]
+    assert file_record["prompt_tokens"] == prompt_record["prompt_tokens"]
+    tokenizer = load_model().tokenizer  # the whitespace really is part of the prompt
+    assert len(encode_prompt(tokenizer, text)) == prompt_record["prompt_tokens"] != len(encode_prompt(tokenizer, text.strip()))

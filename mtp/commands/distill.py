@@ -41,6 +41,7 @@ def parse_per_domain(text: str | None) -> dict[str, int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mtp.atomic import writable_problem
     from mtp.data import BUNDLED_TRAIN, distill
     from mtp.models import ModelSourceError
 
@@ -52,12 +53,17 @@ def run(args: argparse.Namespace) -> int:
     missing = [str(p) for p in prompts if not p.is_file()]
     if missing:
         raise UsageError(f"prompt file(s) not found: {', '.join(missing)}")
+    if Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a directory: give the output JSONL file's path")
+    problem = writable_problem(args.out)  # before the model and the prompts load
+    if problem:
+        raise UsageError(f"cannot write --out {args.out}: {problem}")
     try:
         out = distill(prompts, args.out, model_source=args.model, max_new_tokens=args.max_new_tokens,
                       batch_size=args.batch_size, limit=args.limit, seed=args.seed,
                       per_domain=parse_per_domain(args.per_domain), max_prompt_tokens=args.max_prompt_tokens,
                       chat_template=not args.no_chat_template)
-    except (ValueError, ModelSourceError) as error:  # a whole file that is not valid JSON, a bad model
-        raise UsageError(str(error)) from error
+    except (ValueError, ModelSourceError) as error:  # no prompts, a whole file that is not valid JSON, a bad model
+        raise UsageError(str(error)) from None
     print(f"distilled data: {out}")
     return 0

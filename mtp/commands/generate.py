@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 from ..__main__ import UsageError
+from ..options import METHODS, OptionError, check_decoding, cli_flag, eos_token_ids
 from . import add_cpu_linear_argument
 
 log = logging.getLogger("mtp.generate")
-METHODS = ("autoregressive", "linear", "quadratic")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="embedded model name, model directory or Hub id (default: embedded SmolLM2)")
     parser.add_argument("--checkpoint", default=None, help="MTP checkpoint directory (default: the shipped one, if present)")
     parser.add_argument("--method", default=None,
-                        help="autoregressive | linear | quadratic (default: the checkpoint's measured best for this "
+                        help=f"{' | '.join(METHODS)} (default: the checkpoint's measured best for this "
                              "device, else quadratic)")
     parser.add_argument("--k", type=int, default=None,
                         help="masks per step, 1..the checkpoint's k (default: the measured best, else the "
@@ -49,31 +49,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
-    """Everything that can be refused before the model loads."""
+    """Everything that can be refused before the model loads (the default method is known only then)."""
     if args.prompt is not None and not args.prompt.strip():
         raise UsageError("the prompt is empty")
-    if args.method is not None and args.method not in METHODS:
-        raise UsageError(f"unknown method '{args.method}': choose one of {', '.join(METHODS)}")
-    if args.k is not None and args.k < 1:
-        raise UsageError(f"--k must be at least 1, got {args.k}")
-    if args.groups is not None:
-        if args.method not in (None, "quadratic"):  # a default method is known only once the model is loaded
-            raise UsageError("--groups applies to --method quadratic only")
-        if args.groups < 1:
-            raise UsageError(f"--groups must be at least 1, got {args.groups}")
-    if args.lookup is not None:
-        if args.lookup < 0:
-            raise UsageError(f"--lookup must be >= 0, got {args.lookup}")
-        if args.lookup and args.method == "autoregressive":
-            raise UsageError("--lookup drafts need --method linear or quadratic")
+    try:
+        check_decoding(method=args.method, k=args.k, groups=args.groups, lookup=args.lookup,
+                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                       max_new_tokens=args.max_new_tokens, spell=cli_flag)
+    except OptionError as error:
+        raise UsageError(str(error)) from None
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.checkpoint is not None and not Path(args.checkpoint).is_dir():
         raise UsageError(f"checkpoint directory {args.checkpoint} does not exist")
 
@@ -134,12 +120,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     if checkpoint is None:
         log.warning("no checkpoint: a fresh, untrained adapter drafts (output stays exact, drafts are poor)")
-    if k > model.k:
-        raise UsageError(f"--k {k} exceeds the checkpoint's k={model.k}")
-    if groups is not None and method != "quadratic":
-        raise UsageError(f"--groups applies to --method quadratic only (the default method here is {method}, {source})")
-    if groups is not None and groups > k + 1:
-        raise UsageError(f"--groups must be at most k+1={k + 1}, got {groups}")
+    try:  # the settings as completed from the checkpoint's measured defaults
+        check_decoding(method=method, k=k, max_k=model.k, groups=groups, lookup=lookup, spell=cli_flag)
+    except OptionError as error:
+        raise UsageError(f"{error} (the checkpoint's k is {model.k}; settings: {source})") from None
     window = getattr(model.base.config, "max_position_embeddings", None)
     encoded = [encode_prompt(tokenizer, text, chat_template=not args.no_chat_template) for text, _ in prompts]
     for ids, (text, _) in zip(encoded, prompts):
@@ -148,17 +132,14 @@ def run(args: argparse.Namespace) -> int:
         if window and len(ids) >= window:
             raise UsageError(f"the prompt has {len(ids)} tokens, more than the model's context window of {window}"
                              + (f": '{text[:40]}...'" if len(prompts) > 1 else ""))
-    eos = model.base.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    if tokenizer.eos_token_id is not None:
-        eos_ids.add(tokenizer.eos_token_id)
+    eos_ids = eos_token_ids(tokenizer, model.base.generation_config)
 
     for ids, (_, passthrough) in zip(encoded, prompts):
         max_new = args.max_new_tokens if not window else min(args.max_new_tokens, window - len(ids))
         streamer = None if args.json else _Streamer(tokenizer)
         trace = generate(model, ids, method=method, k=k, max_new_tokens=max_new,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                         eos_token_ids=sorted(eos_ids), tokenizer=tokenizer, groups=groups, on_chunk=streamer,
+                         eos_token_ids=eos_ids, tokenizer=tokenizer, groups=groups, on_chunk=streamer,
                          lookup=lookup)
         metrics = trace.metrics()
         if args.json:
