@@ -289,23 +289,27 @@ def lossless_table(result: LosslessResult) -> pd.DataFrame:
 
 
 # -- Training ----------------------------------------------------------------------------------------
-def loss_terms(records: Sequence[dict]) -> list[str]:
-    """Numeric loss fields present in the log records, in first-seen order."""
+def numeric_fields(records: Sequence[dict], prefix: str) -> list[str]:
+    """Numeric fields named prefix* present in the log records, in first-seen order."""
     names: list[str] = []
     for record in records:
         for key, value in record.items():
-            if key.startswith("loss") and isinstance(value, (int, float)) and key not in names:
+            if key.startswith(prefix) and isinstance(value, (int, float)) and key not in names:
                 names.append(key)
     return names
 
 
-def loss_figure(records: Sequence[dict]) -> go.Figure:
-    """Each loss term against the optimizer step."""
-    fig = go.Figure()
-    for name in loss_terms(records):
-        rows = [r for r in records if isinstance(r.get(name), (int, float))]
-        fig.add_trace(go.Scatter(x=[r.get("step", i) for i, r in enumerate(rows)], y=[r[name] for r in rows],
-                                 mode="lines", name=name))
-    fig.update_layout(title="Training losses", xaxis_title="step", yaxis_title="loss", height=340,
-                      margin=dict(l=10, r=10, t=40, b=10))
+def training_figure(records: Sequence[dict]) -> go.Figure:
+    """The training log against the optimizer step: each loss term, the top-1 accuracies at the masks,
+    and the learning rate (records without a field, such as checkpoint events, are skipped)."""
+    panels = {"losses": numeric_fields(records, "loss"), "top-1 accuracy at masks": numeric_fields(records, "acc"),
+              "learning rate": numeric_fields(records, "lr")}
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=list(panels))
+    for col, names in enumerate(panels.values(), start=1):
+        for name in names:
+            rows = [r for r in records if isinstance(r.get(name), (int, float))]
+            fig.add_trace(go.Scatter(x=[r.get("step", i) for i, r in enumerate(rows)], y=[r[name] for r in rows],
+                                     mode="lines", name=name), row=1, col=col)
+        fig.update_xaxes(title_text="step", row=1, col=col)
+    fig.update_layout(title="MTP training", height=360, margin=dict(l=10, r=10, t=60, b=10))
     return fig

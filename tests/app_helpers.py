@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -9,8 +10,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
-from playwright.sync_api import Page
+from playwright.sync_api import Page, sync_playwright
 
 from mtp.trace import Step, Trace
 
@@ -90,6 +92,27 @@ def stop_app(proc: subprocess.Popen) -> None:
 # -- the page in Debian's chromium, driven by playwright (never a downloaded browser build) -------------
 def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+
+
+@contextlib.contextmanager
+def demo_page(runs_dir: Path, k: int, max_new_tokens: int) -> Iterator[Page]:
+    """`python app.py` in Chromium, the model ready, k and max new tokens set; closed afterwards."""
+    port = free_port()
+    proc = start_app(port, ["--runs-dir", str(runs_dir)])
+    try:
+        with sync_playwright() as playwright:
+            browser = launch_chromium(playwright)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function("document.querySelector('#model-status')?.innerText.includes('Ready')",
+                                   timeout=LONG)
+            set_number(page, "#k", k)
+            set_number(page, "#max-new", max_new_tokens)
+            yield page
+            browser.close()
+    finally:
+        stop_app(proc)
 
 
 def set_number(page: Page, slider: str, value) -> None:

@@ -13,7 +13,9 @@ from gradio_client import Client
 
 from mtp.api import default_checkpoint
 from mtp.models import EMBEDDED_NAME
-from tests.app_helpers import ROOT, free_port, start_app, stop_app
+from mtp.demo.race import SLOTS
+from tests.app_helpers import ARTIFACTS, ROOT, free_port, start_app, stop_app
+from tests.test_demo import fake_checkpoint
 
 PROMPTS = json.loads((ROOT / "assets" / "examples.json").read_text())
 SHIPPED = default_checkpoint()
@@ -27,14 +29,23 @@ JOBS = [
 ]
 
 
+RACE_VERDICT = 2 * len(SLOTS) + 1  # the race's outputs: text and stats per lane, plot, verdict, table, speed plot
+
+
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    port = free_port()
-    proc = start_app(port, ["--concurrency", "4", "--runs-dir", str(tmp_path_factory.mktemp("runs"))])
+def server(tmp_path_factory):
+    """(client, server log, runs dir) of one app process."""
+    port, runs = free_port(), tmp_path_factory.mktemp("runs")
+    proc = start_app(port, ["--concurrency", "4", "--runs-dir", str(runs)])
     try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False), ARTIFACTS / f"app-{port}.log", runs
     finally:
         stop_app(proc)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return server[0]
 
 
 def comparable(api: str, result: tuple):
@@ -58,7 +69,8 @@ def test_simultaneous_requests_match_sequential(client):
     assert sequential[3][0][0][1] == 0  # the gated LoRA leaves real tokens exact even under load
 
 
-def test_bad_input_is_refused_and_server_survives(client):
+def test_bad_input_is_refused_and_server_survives(server):
+    client, log, _ = server
     bad = [
         ("/generate", ("", EMBEDDED_NAME, CHECKPOINT, "quadratic", 4, 0, 16, 0), "Type a prompt"),
         ("/generate", ("x" * 5000, EMBEDDED_NAME, CHECKPOINT, "quadratic", 4, 0, 16, 0), "4000"),
@@ -72,3 +84,21 @@ def test_bad_input_is_refused_and_server_survives(client):
             client.predict(*args, api_name=api)
     # Still serving, with the same answer as before.
     assert comparable("/probe", client.predict(*JOBS[4][1], api_name="/probe"))[0]
+    # Each refusal is one line in the server log, never a traceback.
+    assert "Traceback" not in log.read_text()
+
+
+def test_a_checkpoint_trained_after_start_can_be_chosen_by_api_clients(server):
+    client, _, runs = server
+    trained = fake_checkpoint(runs / "ui-later")  # as the Train tab leaves one
+    table, _ = client.predict(PROMPTS["chat"][1], EMBEDDED_NAME, str(trained), 4, api_name="/lossless")
+    assert table["data"][0][1] == 0
+
+
+def test_two_races_take_turns_on_the_machine(client):
+    args = (PROMPTS["code"][1], EMBEDDED_NAME, CHECKPOINT, 2, 6)
+    jobs = [client.submit(*args, api_name="/race") for _ in range(2)]
+    results = [job.result(timeout=900) for job in jobs]
+    assert all("identical" in result[RACE_VERDICT] for result in results)
+    verdicts = [output[RACE_VERDICT] for job in jobs for output in job.outputs()]
+    assert any("Waiting for the machine" in verdict for verdict in verdicts), verdicts

@@ -9,11 +9,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from mtp.demo.race import SLOTS
-from tests.app_helpers import (LONG, free_port, launch_chromium, set_number, shot, start_app, stop_app, table_rows,
-                               table_size, wait_text)
+from tests.app_helpers import demo_page, set_number, shot, table_rows, table_size, wait_text
 
 PROMPT = "Write a Python function that returns the factorial of n."
 K = 4
@@ -22,22 +21,8 @@ MAX_NEW = 24
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    port = free_port()
-    proc = start_app(port, ["--runs-dir", str(tmp_path_factory.mktemp("runs"))])
-    try:
-        with sync_playwright() as playwright:
-            browser = launch_chromium(playwright)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_function("document.querySelector('#model-status')?.innerText.includes('Ready')",
-                                   timeout=LONG)
-            set_number(page, "#k", K)
-            set_number(page, "#max-new", MAX_NEW)
-            yield page
-            browser.close()
-    finally:
-        stop_app(proc)
+    with demo_page(tmp_path_factory.mktemp("runs"), K, MAX_NEW) as page:
+        yield page
 
 
 def open_tab(page: Page, name: str, prompt: str = PROMPT) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from html.parser import HTMLParser
+from typing import NamedTuple
 
 import pytest
 
@@ -12,8 +14,47 @@ from mtp.trace import Step, Trace
 from tests.app_helpers import LetterTokenizer, autoregressive_trace, recorded_trace
 
 
+class Element(NamedTuple):
+    tag: str
+    classes: list[str]
+    attrs: dict[str, str]
+    text: str  # the element's own text and its children's
+
+
+def elements(page: str) -> list[Element]:
+    """Every element of an HTML fragment, in document order, with its (unescaped) text."""
+    found, open_ = [], []
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            attrs = {k: v or "" for k, v in attrs}
+            record = [tag, attrs.get("class", "").split(), attrs, ""]
+            found.append(record)
+            if tag != "br":  # a void element: no end tag
+                open_.append(record)
+
+        def handle_data(self, data):
+            for record in open_:
+                record[3] += data
+
+        def handle_endtag(self, tag):
+            if tag != "br":
+                open_.pop()
+
+    Parser(convert_charrefs=True).feed(page)
+    return [Element(*record) for record in found]
+
+
 def spans(page: str, kind: str) -> list[str]:
-    return re.findall(rf'<span class="mtp-tok mtp-{kind}"[^>]*>(.*?)</span>', page.split('class="mtp-output"')[1])
+    """Texts of the output's tokens of one kind (accepted, rejected, bonus), in order."""
+    output = page[page.index('class="mtp-output"'):]
+    return [e.text for e in elements("<div " + output) if f"mtp-{kind}" in e.classes]
+
+
+def status_numbers(page: str) -> list[int]:
+    """The numbers of the status line: step, of steps, tokens, accepted, proposed[, lookup steps]."""
+    status = next(e.text for e in elements(page) if "mtp-status" in e.classes)
+    return [int(n) for n in re.findall(r"\d+", status)]
 
 
 def test_step_tokens_order_and_stop_cut():
@@ -30,24 +71,28 @@ def test_accept_reject_html_full_and_replay():
     assert spans(page, "accepted") == ["e", "l", "l", " ", "r", "l"]
     assert spans(page, "rejected") == ["w", "j", "d"]
     assert spans(page, "bonus") == ["h", "o", "o"]
-    assert "line-through" in page and "step 4 of 4 · 9 tokens · 6 of 9 drafts accepted" in page
-    # Step 4's drafts came from prompt lookup: marked, and counted in the status line.
-    assert page.count("mtp-lookup") == 1 and 'data-step="4" title="step 4: 2/3 drafts from prompt lookup' in page
-    assert "· prompt-lookup drafts in 1 of them (dashed underline)" in page
+    assert status_numbers(page) == [4, 4, 9, 6, 9, 1]  # step 4 of 4, 9 tokens, 6 of 9 accepted, 1 looked up
+    rejected = [e for e in elements(page) if "mtp-rejected" in e.classes]
+    assert all("line-through" in e.attrs["style"] for e in rejected)
+    # Step 4's drafts came from prompt lookup: marked, and its tooltip counts its accepted drafts.
+    steps = [e for e in elements(page) if "mtp-step" in e.classes]
+    assert [e.attrs["data-step"] for e in steps] == ["1", "2", "3", "4"]
+    assert ["mtp-lookup" in e.classes for e in steps] == [False, False, False, True]
+    assert re.search(r"\b2/3\b", steps[3].attrs["title"]) and "lookup" in steps[3].attrs["title"]
     for kind in ("accepted", "rejected", "bonus"):  # legend present with the same colours
         assert viz.COLORS[kind] in viz.legend_html()
     replay = viz.accept_reject_html(trace, tok, upto_step=2)
     assert spans(replay, "accepted") == ["e", "l", "l"] and spans(replay, "bonus") == ["h", "o"]
-    assert spans(replay, "rejected") == [] and "step 2 of 4 · 5 tokens · 3 of 3 drafts accepted" in replay
-    assert "mtp-lookup" not in replay and "prompt lookup" not in replay
-    assert "step 0 of 4" in viz.accept_reject_html(trace, tok, upto_step=0)
+    assert spans(replay, "rejected") == [] and status_numbers(replay) == [2, 4, 5, 3, 3]
+    assert not any("mtp-lookup" in e.classes for e in elements(replay))
+    assert status_numbers(viz.accept_reject_html(trace, tok, upto_step=0)) == [0, 4, 0, 0, 0]
 
 
 def test_html_escapes_token_text():
     trace = Trace(method="linear", k=1, prompt_ids=[0], token_ids=[27, 28, 29],
                   steps=[Step([], 0, 27, 0.1, 2, 1), Step([28], 1, 29, 0.1, 3, 2)])
     page = viz.accept_reject_html(trace, LetterTokenizer())
-    assert spans(page, "bonus") == ["&lt;", "↵<br>"] and spans(page, "accepted") == ["&amp;"]
+    assert spans(page, "bonus") == ["<", "↵"] and spans(page, "accepted") == ["&"]
 
 
 def test_steps_table():
@@ -117,14 +162,15 @@ def test_lossless_table():
     assert list(table.iloc[:, 2]) == [True, True, False]
 
 
-def test_loss_figure_each_term():
-    records = [{"step": 1, "loss": 9.0, "loss_base": 5.0, "loss_sampler": 3.5, "loss_lcm": 0.5, "lr": 1e-4},
-               {"step": 2, "loss": 8.0, "loss_base": 4.5, "loss_sampler": 3.0, "loss_lcm": 0.5, "lr": 2e-4},
+def test_training_figure_each_term_in_its_panel():
+    records = [{"step": 1, "loss": 9.0, "loss_base": 5.0, "loss_sampler": 3.5, "loss_lcm": 0.5, "acc_base": 0.1, "lr": 1e-4},
+               {"step": 2, "loss": 8.0, "loss_base": 4.5, "loss_sampler": 3.0, "loss_lcm": 0.5, "acc_base": 0.2, "lr": 2e-4},
                {"step": 3, "event": "checkpoint"}]
-    fig = viz.loss_figure(records)
-    assert [d.name for d in fig.data] == ["loss", "loss_base", "loss_sampler", "loss_lcm"]
+    fig = viz.training_figure(records)
+    assert [(d.name, d.xaxis) for d in fig.data] == [("loss", "x"), ("loss_base", "x"), ("loss_sampler", "x"),
+                                                     ("loss_lcm", "x"), ("acc_base", "x2"), ("lr", "x3")]
     assert list(fig.data[1].x) == [1, 2] and list(fig.data[1].y) == [5.0, 4.5]
-    assert viz.loss_figure([]).data == ()
+    assert viz.training_figure([]).data == ()
 
 
 def test_token_texts_from_mapping():

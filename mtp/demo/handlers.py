@@ -88,8 +88,10 @@ class Demo:
             return f"⏳ Loading {where} … (the first start de-quantizes the embedded GGUF, ~30 s on CPU)"
         return f"⏳ Waiting to load {where} …"
 
-    def check_k(self, model: MTPModel, k) -> int:
-        return check_int(k, "k (masks)", 1, model.k)
+    def request(self, prompt, model_name, checkpoint, k) -> tuple[MTPModel, object, list[int], int]:
+        """(model, tokenizer, prompt ids, k) of a request, every input checked."""
+        model, tokenizer = self.model(model_name, checkpoint)
+        return model, tokenizer, check_prompt(tokenizer, prompt), check_int(k, "k (masks)", 1, model.k)
 
     # -- Settings ----------------------------------------------------------------------------------------
     @friendly
@@ -106,9 +108,7 @@ class Demo:
     # -- Future heatmap ----------------------------------------------------------------------------------
     @friendly
     def probe(self, prompt, model_name, checkpoint, k, top_n):
-        model, tokenizer = self.model(model_name, checkpoint)
-        ids = check_prompt(tokenizer, prompt)
-        k = self.check_k(model, k)
+        model, tokenizer, ids, k = self.request(prompt, model_name, checkpoint, k)
         top_n = check_int(top_n, "top N", 1, MAX_TOP_N)
         with self.machine.busy():
             result = future_probe(model, ids, k, top_n, tokenizer=tokenizer)
@@ -124,9 +124,7 @@ class Demo:
     # -- Accepted vs rejected ----------------------------------------------------------------------------
     @friendly
     def generate(self, prompt, model_name, checkpoint, method, k, temperature, max_new_tokens, seed):
-        model, tokenizer = self.model(model_name, checkpoint)
-        ids = check_prompt(tokenizer, prompt)
-        k = self.check_k(model, k)
+        model, tokenizer, ids, k = self.request(prompt, model_name, checkpoint, k)
         check_decoding(method=method)
         max_new_tokens = check_int(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS)
         temperature = check_temperature(temperature)
@@ -155,9 +153,7 @@ class Demo:
     # -- Race --------------------------------------------------------------------------------------------
     @friendly
     def race(self, prompt, model_name, checkpoint, k, max_new_tokens):
-        model, tokenizer = self.model(model_name, checkpoint)
-        ids = check_prompt(tokenizer, prompt)
-        k = self.check_k(model, k)
+        model, tokenizer, ids, k = self.request(prompt, model_name, checkpoint, k)
         max_new_tokens = check_int(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS)
         lanes = race_lanes(k, self.settings(model, checkpoint, k=k))
         race = Race(self.machine, model, tokenizer, ids, lanes, max_new_tokens,
@@ -168,9 +164,7 @@ class Demo:
     # -- Lossless check ----------------------------------------------------------------------------------
     @friendly
     def lossless(self, prompt, model_name, checkpoint, k):
-        model, tokenizer = self.model(model_name, checkpoint)
-        ids = check_prompt(tokenizer, prompt)
-        k = self.check_k(model, k)
+        model, tokenizer, ids, k = self.request(prompt, model_name, checkpoint, k)
         with self.machine.busy():
             result = lossless_check(model, ids, k, placeholder_id=tokenizer.pad_token_id or 0)
         ok = result.max_delta_same_shape == 0.0 and result.argmax_same
@@ -216,5 +210,5 @@ class Demo:
         if seen == list(now):
             return status, gr.skip(), gr.skip(), gr.skip(), gr.skip(), seen
         choices = self.checkpoints(model_name) if model_name in self.models else []
-        return (status, run.describe(owner), viz.loss_figure(list(run.records)),
+        return (status, run.describe(owner), viz.training_figure(list(run.records)),
                 gr.update(choices=choices), gr.update(choices=choices), list(now))

@@ -73,7 +73,7 @@ def build(demo_state: Demo, default_model: str, default_checkpoint: str) -> gr.B
                 race_lanes = []
                 with gr.Row():
                     for slot in SLOTS:
-                        with gr.Column():
+                        with gr.Column(min_width=160):
                             race_lanes.append(gr.Textbox(label=slot, lines=8, interactive=False,
                                                          elem_id=f"race-text-{slot}"))
                             race_lanes.append(gr.Markdown(elem_id=f"race-stats-{slot}"))

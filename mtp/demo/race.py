@@ -41,12 +41,19 @@ class Lane:
         """The lane's decoding settings in words."""
         if self.method == "autoregressive":
             return "one token per forward pass, no drafts"
-        parts = [self.method, f"k = {self.k}"]
+        parts = [] if self.title.startswith(self.method) else [self.method]
+        parts.append(f"k = {self.k}")
         if self.method == "quadratic":
             groups = self.groups or self.k + 1
             parts.append(f"{groups} mask group{'s' if groups > 1 else ''}" + (" (all k+1)" if groups == self.k + 1 else ""))
         parts.append(f"up to {self.lookup} lookup drafts" if self.lookup else "no lookup drafts")
         return " · ".join(parts)
+
+    @property
+    def decoding(self) -> tuple:
+        """What decodes: lanes with equal tuples decode the same way."""
+        groups = (self.groups or self.k + 1) if self.method == "quadratic" else None
+        return self.method, self.k, groups, self.lookup
 
     @property
     def label(self) -> str:
@@ -66,7 +73,7 @@ def race_lanes(k: int, measured: DecodingSettings) -> list[Lane]:
              Lane("quadratic", "quadratic, the paper's layout", "quadratic", k, k + 1)]
     if measured.source not in (BUILT_IN, EXPLICIT):
         default = Lane("default", "measured default", measured.method, measured.k, measured.groups, measured.lookup)
-        if all(lane.settings != default.settings for lane in lanes):
+        if all(lane.decoding != default.decoding for lane in lanes):
             lanes.append(default)
     return lanes
 

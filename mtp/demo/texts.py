@@ -43,4 +43,5 @@ SPEED_NOTE = """**Measured or predicted?** The stars are measured: each lane's t
 first token, the prefill that every method shares). The lines are predicted: this prompt's exact τ at every k
 (replayed from one teacher-forced pass over the autoregressive output) priced by the bench's cost curve of
 one forward pass per shape — on the left as measured on this kind of CPU, on the right for a device where a
-verify pass costs what a 1-token pass does, as on a GPU, where τ turns almost fully into speed."""
+verify pass costs what a 1-token pass does, as on a GPU, where τ turns almost fully into speed. The predictions assume an otherwise idle machine;
+other work on its cores lowers the measured stars."""
