@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import plotly.graph_objects as go
 import torch
@@ -34,7 +34,12 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from . import acceptance, decoding
 from .adapter import MTPModel
-from .config import DEFAULTS_METHODS, write_atomic
+from .atomic import write_text as write_atomic
+from .config import DEFAULTS_METHODS
+from .drafting import Draft, MaskChain, MaskGroup, mask_tree
+from .methods import Autoregressive, Linear, Policy, Quadratic
+from .options import DRAFTING_METHODS, eos_token_ids
+from .sampling import Sampling
 from .data import PromptRecord
 from .models import cpu_linear_of, encode_prompt
 
@@ -69,6 +74,9 @@ class Settings:
     # τ of linear/quadratic at k = 1..tau_table_k (0: no table), with and without the sampler,
     # replayed from one teacher-forced pass over each greedy output (mtp.acceptance).
     tau_table_k: int = 0
+    tree_budget: int = 0  # decoded linear/quadratic runs draft trees of this many nodes (0: chains)
+    # Draft-tree budgets replayed too: τ table rows at each k of k_list, and autotuning candidates.
+    tau_trees: tuple[int, ...] = ()
 
 
 class Run(NamedTuple):
@@ -77,6 +85,7 @@ class Run(NamedTuple):
     method: str
     k: int | None = None  # None where it does not apply
     lookup: bool = False  # linear/quadratic with prompt-lookup drafts (decoding's lookup option)
+    tree_budget: int = 0  # linear/quadratic drafting trees of this many nodes (0: chains)
 
 
 def runs_of(settings: Settings) -> list[Run]:
@@ -86,17 +95,24 @@ def runs_of(settings: Settings) -> list[Run]:
         if method in ("autoregressive", "prompt_lookup"):
             runs.append(Run(method))
         else:
-            runs.extend(Run(method, k, lookup) for k in settings.k_list for lookup in LOOKUP_RUNS[settings.lookup])
+            runs.extend(Run(method, k, lookup, settings.tree_budget)
+                        for k in settings.k_list for lookup in LOOKUP_RUNS[settings.lookup])
     return runs
 
 
 def run_of(result: dict) -> Run:
     """The Run a measured result belongs to (results written before lookup existed have none)."""
-    return Run(result["method"], result["k"], result.get("lookup", False))
+    return Run(result["method"], result["k"], result.get("lookup", False), result.get("tree_budget", 0))
 
 
 def run_name(run: Run) -> str:
-    return run.method + ("" if run.k is None else f" k={run.k}") + (" + lookup" if run.lookup else "")
+    return (run.method + ("" if run.k is None else f" k={run.k}") + (f" tree {run.tree_budget}" if run.tree_budget else "")
+            + (" + lookup" if run.lookup else ""))
+
+
+def tree_configs(settings: Settings) -> list[tuple[int, int]]:
+    """(k, budget) of every draft tree replayed from the teacher-forced pass."""
+    return [(k, budget) for budget in settings.tau_trees for k in settings.k_list]
 
 
 def limit_per_domain(records: list[PromptRecord], limit: int) -> list[PromptRecord]:
@@ -108,14 +124,6 @@ def limit_per_domain(records: list[PromptRecord], limit: int) -> list[PromptReco
         if seen[record.domain] <= limit:
             kept.append(record)
     return kept
-
-
-def eos_token_ids(model: MTPModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """EOS ids from the tokenizer and the generation config (it may list several)."""
-    ids = {tokenizer.eos_token_id}
-    config_eos = getattr(model.base.generation_config, "eos_token_id", None)
-    ids.update(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
-    return sorted(i for i in ids if i is not None)
 
 
 def _sync(device: torch.device) -> None:
@@ -149,22 +157,21 @@ def run_generate(model: MTPModel, prompt_ids: list[int], settings: Settings, eos
     return {"token_ids": token_ids, "new_tokens": len(token_ids), "steps": passes[0], "seconds": seconds}
 
 
-def run_mtp(model: MTPModel, prompt_ids: list[int], method: str, k: int | None, settings: Settings,
-            eos: list[int], lookup: bool = False) -> dict:
+def run_mtp(model: MTPModel, prompt_ids: list[int], run: Run, settings: Settings, eos: list[int]) -> dict:
     """One engine generation, timed from outside like the baseline; the trace's metrics kept."""
     device = model.mask_embeddings.device
     _sync(device)
     start = time.perf_counter()
     trace = decoding.generate(
-        model, prompt_ids, method=method, k=k, max_new_tokens=settings.max_new_tokens, eos_token_ids=eos,
-        use_sampler=settings.use_sampler, lookup=settings.prompt_lookup_tokens if lookup else 0,
-        groups=min(settings.groups, k + 1) if method == "quadratic" and settings.groups else None)
+        model, prompt_ids, method=run.method, k=run.k, max_new_tokens=settings.max_new_tokens, eos_token_ids=eos,
+        use_sampler=settings.use_sampler, lookup=settings.prompt_lookup_tokens if run.lookup else 0,
+        groups=_groups(settings, run.method, run.k), tree_budget=run.tree_budget)
     _sync(device)
     seconds = time.perf_counter() - start
     return {
         "token_ids": trace.token_ids, "new_tokens": trace.new_tokens, "steps": trace.forward_passes,
         "seconds": seconds, "accept_counts": trace.accept_counts,
-        "proposed_counts": [len(step.drafts) for step in trace.steps],
+        "proposed_counts": [step.depth for step in trace.steps],  # how far ahead each pass's drafts reach
         "looked_up": [step.looked_up for step in trace.steps],
         "input_lengths": [step.input_length for step in trace.steps],
         "step_seconds": [round(step.seconds, 6) for step in trace.steps],
@@ -176,7 +183,12 @@ def _measure(model: MTPModel, prompt_ids: list[int], run: Run, settings: Setting
         return run_generate(model, prompt_ids, settings, eos, pad)
     if run.method == "prompt_lookup":
         return run_generate(model, prompt_ids, settings, eos, pad, prompt_lookup=True)
-    return run_mtp(model, prompt_ids, run.method, run.k, settings, eos, run.lookup)
+    return run_mtp(model, prompt_ids, run, settings, eos)
+
+
+def _groups(settings: Settings, method: str, k: int) -> int | None:
+    """The quadratic groups a run uses (None: k+1, the paper's layout)."""
+    return min(settings.groups, k + 1) if method == "quadratic" and settings.groups else None
 
 
 def first_mismatch(tokens: list[int], reference: list[int]) -> int | None:
@@ -228,14 +240,15 @@ def measure_prompt(model: MTPModel, record: PromptRecord, prompt_ids: list[int],
              "prompt_tokens": len(prompt_ids), "baseline": baseline, "runs": []}
     for name in runs_of(settings):
         run = measured[name]
-        run.update(method=name.method, k=name.k, lookup=name.lookup,
+        run.update(method=name.method, k=name.k, lookup=name.lookup, tree_budget=name.tree_budget,
                    mismatch_at=first_mismatch(run["token_ids"], baseline["token_ids"]))
         if run["mismatch_at"] is None:
             del run["token_ids"]  # the baseline's tokens; kept only where they differ
         entry["runs"].append(run)
     if settings.tau_table_k and baseline["token_ids"]:
         bar.set_postfix_str(f"{record.domain} teacher-forced drafts")
-        entry["draft_matches"] = acceptance.draft_matches(model, prompt_ids + baseline["token_ids"], len(prompt_ids))
+        entry["draft_matches"] = acceptance.draft_matches(model, prompt_ids + baseline["token_ids"], len(prompt_ids),
+                                                          trees=tree_configs(settings))
         entry["lookup_matches"] = acceptance.lookup_matches(prompt_ids, baseline["token_ids"],
                                                             settings.prompt_lookup_tokens)
     return entry
@@ -249,7 +262,7 @@ def bench_prompts(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: 
     partial: a JSONL file that gets `header`, then each prompt's entry as soon as it is measured, so
     an interrupted run loses at most one prompt. `done`: entries read back from it, not measured again.
     """
-    eos = eos_token_ids(model, tokenizer)
+    eos = eos_token_ids(tokenizer, model.base.generation_config)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     runs = [Run(BASELINE)] + runs_of(settings)
     encoded = [encode_prompt(tokenizer, record.prompt, settings.chat_template) for record in records]
@@ -341,23 +354,28 @@ def _replayed(entries: list[dict], drafter: str, method: str, k: int, groups: in
 
 def tau_table(entries: list[dict], settings: Settings) -> dict:
     """{drafter: {method: [τ at k = 1..tau_table_k]}} replayed from the teacher-forced match lengths,
-    and, per decoded linear/quadratic run, on how many prompts the replay gives its exact pass count."""
+    {"tree B": {method: {k: τ}}} for the draft trees (groups k+1, as the paper's chain layout), and,
+    per decoded linear/quadratic run, on how many prompts the replay gives its exact pass count."""
     table = {drafter: {method: [_replayed(entries, drafter, method, k) for k in range(1, settings.tau_table_k + 1)]
-                       for method in acceptance.METHODS}
+                       for method in DRAFTING_METHODS}
              for drafter in acceptance.DRAFTERS}
-    drafter = acceptance.DRAFTERS[0] if settings.use_sampler else acceptance.DRAFTERS[1]
+    trees = {f"tree {budget}": {method: {str(k): _replayed(entries, acceptance.tree_key(k, budget), method, k)
+                                         for k in settings.k_list}
+                                for method in DRAFTING_METHODS}
+             for budget in settings.tau_trees}
+    chain_drafter = acceptance.DRAFTERS[0] if settings.use_sampler else acceptance.DRAFTERS[1]
     agreement = {}
     for name in runs_of(settings):
-        if name.method not in acceptance.METHODS:
+        if name.method not in DRAFTING_METHODS:
             continue
-        groups = min(settings.groups, name.k + 1) if name.method == "quadratic" and settings.groups else None
+        drafter = acceptance.tree_key(name.k, name.tree_budget) if name.tree_budget else chain_drafter
         # One prompt's replayed τ equals its decoded τ exactly when the pass counts are equal.
         pairs = [(run["steps"], len(acceptance.replay(e.get("draft_matches", {}).get(drafter, []), name.method, name.k,
-                                                      e["baseline"]["new_tokens"], groups,
+                                                      e["baseline"]["new_tokens"], _groups(settings, name.method, name.k),
                                                       e.get("lookup_matches") if name.lookup else None)))
-                 for e in entries for run in e["runs"] if run_of(run) == name]
+                 for e in entries for run in e["runs"] if run_of(run) == name and drafter in e.get("draft_matches", {})]
         agreement[run_name(name)] = {"prompts": len(pairs), "same_passes": sum(a == b for a, b in pairs)}
-    return {"tau": table, "replay_agreement": agreement}
+    return {"tau": table, "trees": trees, "replay_agreement": agreement}
 
 
 def mismatches(results: list[dict]) -> list[dict]:
@@ -379,24 +397,32 @@ def _median_seconds(fn, repeats: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def _step_shapes(k: int, groups: int | None) -> dict[str, tuple[int, list[int]]]:
-    """Name -> (tokens fed, group anchors) of the passes decoding makes (see decoding.verify)."""
-    shapes = {"autoregressive": (1, []), "draftless": (1, [0]), "linear": (k + 1, [k])}
-    for g in range(1, k + 2) if groups is None else [groups]:
-        shapes[f"quadratic g={g}"] = (k + 1, list(range(g)))
+# Quadratic groups the autotuner tries with draft trees (a group costs k mask tokens in every pass).
+TREE_GROUPS = (1, 2, 4)
+
+
+def _step_shapes(k: int) -> dict[str, tuple[int, Policy]]:
+    """Name -> (chain drafts fed, policy) of the chain passes decoding makes (see decoding.verify)."""
+    shapes = {"autoregressive": (0, Autoregressive()), "draftless": (0, Quadratic(1)), "linear": (k, Linear())}
+    shapes.update({f"quadratic g={g}": (k, Quadratic(g)) for g in range(1, k + 2)})
     return shapes
+
+
+def tree_shape(budget: int, groups: int) -> str:
+    return f"tree {budget} g={groups}"
 
 
 @torch.inference_mode()
 def cost_curve(model: MTPModel, k_list: tuple[int, ...], cache_tokens: int = 200, repeats: int = 7,
                lengths: tuple[int, ...] = CURVE_LENGTHS, lm_head_rows: tuple[int, ...] = LM_HEAD_ROWS,
-               use_sampler: bool = True, seed: int = 0) -> dict:
+               use_sampler: bool = True, seed: int = 0, trees: Sequence[tuple[int, int]] = ()) -> dict:
     """Seconds (median of `repeats`) of one pass on a warm cache of `cache_tokens` real tokens.
 
     backbone: plain causal passes of L real tokens (no logits). lm_head: vocabulary logits for R rows.
     steps: decoding.verify's passes per (k, shape), vocabulary logits of the verified rows and of the
-    surviving mask group included; drafting: the k-draft chain from one group's hidden states and
-    logits (the sampler's scoring, or the argmax without it).
+    surviving mask group included, and draft trees of each (k, budget) in `trees` with TREE_GROUPS
+    groups; drafting: the k-draft chain from one group's hidden states and logits (the sampler's
+    scoring, or the argmax without it), and the masks' tree of each (k, budget).
     """
     device = model.mask_embeddings.device
     vocab = model.base.get_output_embeddings().weight.shape[0]
@@ -404,21 +430,22 @@ def cost_curve(model: MTPModel, k_list: tuple[int, ...], cache_tokens: int = 200
     prefix = torch.randint(0, vocab, (1, cache_tokens), generator=generator).to(device)
     cache = DynamicCache(config=model.base.config)
     model(prefix, torch.arange(cache_tokens, device=device)[None], past_key_values=cache, use_cache=True)
+    greedy = Sampling(0.0, device=device)
 
-    greedy = decoding.Sampling(0.0, None, None, 0, device)
+    def timed_pass(draft: Draft, anchors: list[int], k: int) -> float:
+        """decoding.verify itself, on random drafts (so they are rejected and t_0's group survives)."""
+        tokens = tokens_of(1) + draft.tokens
 
-    def timed_pass(tokens: list[int], anchors: list[int], k: int) -> float:
-        """decoding.verify itself, on random drafts (so group 0 survives, its logits included)."""
         def one() -> None:
-            decoding.verify(model, cache, cache_tokens, tokens, tokens[1:], None, anchors, k, greedy)
+            decoding.verify(model, cache, cache_tokens, tokens, draft, anchors, k, greedy)
             cache.crop(cache_tokens - cache.get_seq_length())
         return _median_seconds(one, repeats, device)
 
-    def tokens(n: int) -> list[int]:
+    def tokens_of(n: int) -> list[int]:
         return torch.randint(0, vocab, (n,), generator=generator).tolist()
 
     def timed_backbone(n: int) -> float:
-        ids, positions = torch.tensor([tokens(n)], device=device), torch.arange(cache_tokens, cache_tokens + n, device=device)
+        ids, positions = torch.tensor([tokens_of(n)], device=device), torch.arange(cache_tokens, cache_tokens + n, device=device)
 
         def one() -> None:
             model(ids, positions[None], past_key_values=cache, use_cache=True)
@@ -428,18 +455,28 @@ def cost_curve(model: MTPModel, k_list: tuple[int, ...], cache_tokens: int = 200
     backbone = {n: timed_backbone(n) for n in lengths}
     hidden = torch.randn(1, max(lm_head_rows), model.base.config.hidden_size, generator=generator).to(device)
     lm_head = {r: _median_seconds(lambda r=r: model.lm_logits(hidden[:, :r]), repeats, device) for r in lm_head_rows}
-    steps, drafting = {}, {}
+    steps, drafting, tree_drafting = {}, {}, {}
     for k in k_list:
         steps[k] = {}
-        for name, (n, anchors) in _step_shapes(k, None).items():
-            steps[k][name] = {"input_length": n + len(anchors) * k, "seconds": timed_pass(tokens(n), anchors, k)}
-        logits = model.lm_logits(hidden[0, :k])
-        drafting[k] = _median_seconds(
-            lambda k=k, logits=logits: decoding.draft(model, hidden[0, :k], logits, 0, greedy, use_sampler),
-            repeats, device)
+        for name, (m, verification) in _step_shapes(k).items():
+            draft = Draft.chain(tokens_of(m))
+            steps[k][name] = {"input_length": 1 + m + len(verification.anchors(draft)) * k,
+                              "seconds": timed_pass(draft, verification.anchors(draft), k)}
+        group = MaskGroup(hidden[0, :k], model.lm_logits(hidden[0, :k]), 0)
+        drafting[k] = _median_seconds(lambda group=group: MaskChain(model, use_sampler).propose([], group, greedy),
+                                      repeats, device)
+        tree_drafting[k] = {}
+        for budget in [b for tree_k, b in trees if tree_k == k]:
+            tree = mask_tree(model, group, budget, use_sampler=use_sampler)
+            tree_drafting[k][str(budget)] = _median_seconds(
+                lambda budget=budget, group=group: mask_tree(model, group, budget, use_sampler=use_sampler), repeats, device)
+            for groups in TREE_GROUPS:
+                anchors = Quadratic(groups).anchors(tree)
+                steps[k][tree_shape(budget, groups)] = {"input_length": 1 + budget + len(anchors) * k,
+                                                        "seconds": timed_pass(tree, anchors, k)}
     return {"cache_tokens": cache_tokens, "repeats": repeats, "use_sampler": use_sampler,
             "backbone_seconds": backbone, "lm_head_seconds": lm_head, "step_seconds": steps,
-            "drafting_seconds": drafting}
+            "drafting_seconds": drafting, "tree_drafting_seconds": tree_drafting}
 
 
 def _backbone_at(curve: dict, length: int) -> float:
@@ -452,33 +489,38 @@ def _backbone_at(curve: dict, length: int) -> float:
 
 
 def predict(results: list[dict], curve: dict, settings: Settings) -> list[dict]:
-    """Predicted tokens/s per (method, k, groups, lookup), best first: each prompt's exact pass
-    sequence, replayed from its teacher-forced match lengths (mtp.acceptance), priced by the cost curve.
+    """Predicted tokens/s per (method, k, groups, lookup, tree budget), best first: each prompt's
+    exact pass sequence, replayed from its teacher-forced matches (mtp.acceptance), priced by the
+    cost curve.
 
-    A pass with drafts costs its shape's pass plus the draft chain; a draftless pass (linear after a
-    rejection, quadratic after accepting past its last group) costs the 1-token pass plus the chain.
-    A pass verifying m lookup drafts costs the shape with the same groups, plus the backbone's cost of
-    its extra input tokens. The prefill is the same for every method and is not priced.
+    A pass with drafts costs its shape's pass plus drafting (the chain, or the tree); a draftless
+    pass (after the accepted path ended where no group was) costs the 1-token pass plus drafting.
+    A pass verifying m lookup drafts costs the chain shape with the same groups, plus the backbone's
+    cost of its extra input tokens. The prefill is the same for every method and is not priced.
     """
-    drafter = "sampler" if settings.use_sampler else "lm_head"
+    chain_drafter = "sampler" if settings.use_sampler else "lm_head"
     entries = [e for e in results if "draft_matches" in e]
     tokens = sum(e["baseline"]["new_tokens"] - 1 for e in entries)
     first = next(iter(curve["step_seconds"].values()))
-    candidates = [{"method": "autoregressive", "k": None, "groups": None, "lookup": 0, "tokens_per_step": 1.0,
-                   "predicted_tokens_per_second": 1.0 / first["autoregressive"]["seconds"]}]
+    candidates = [{"method": "autoregressive", "k": None, "groups": None, "lookup": 0, "tree_budget": 0,
+                   "tokens_per_step": 1.0, "predicted_tokens_per_second": 1.0 / first["autoregressive"]["seconds"]}]
     lookups = [0] + ([settings.prompt_lookup_tokens] if all("lookup_matches" in e for e in entries) else [])
     for key, steps in curve["step_seconds"].items():
-        k, draft_cost = int(key), curve["drafting_seconds"][key]
-        draftless = steps["draftless"]["seconds"] + draft_cost
+        k = int(key)
 
         def lookup_pass(method: str, groups: int | None, drafts: int) -> float:
             shape = steps["linear" if method == "linear" else f"quadratic g={min(groups or k + 1, drafts + 1)}"]
             length = shape["input_length"] + drafts - k
             return shape["seconds"] + _backbone_at(curve, length) - _backbone_at(curve, shape["input_length"])
 
-        shapes = [("linear", None, steps["linear"]["seconds"])] + [
-            ("quadratic", g, steps[f"quadratic g={g}"]["seconds"]) for g in range(1, k + 2)]
-        for method, groups, with_drafts in shapes:
+        shapes = [("linear", None, 0, steps["linear"]["seconds"])] + [
+            ("quadratic", g, 0, steps[f"quadratic g={g}"]["seconds"]) for g in range(1, k + 2)] + [
+            ("quadratic", g, budget, steps[tree_shape(budget, g)]["seconds"])
+            for tree_k, budget in tree_configs(settings) if tree_k == k for g in TREE_GROUPS]
+        for method, groups, budget, with_drafts in shapes:
+            draft_cost = (curve["tree_drafting_seconds"][key][str(budget)] if budget
+                          else curve["drafting_seconds"][key])
+            drafter = acceptance.tree_key(k, budget) if budget else chain_drafter
             for lookup in lookups:
                 passes = [p for e in entries for p in acceptance.replay(
                     e["draft_matches"][drafter], method, k, e["baseline"]["new_tokens"], groups,
@@ -486,8 +528,9 @@ def predict(results: list[dict], curve: dict, settings: Settings) -> list[dict]:
                 if not passes:
                     continue
                 seconds = sum(lookup_pass(method, groups, p.lookup_drafts) + draft_cost if p.lookup_drafts
-                              else with_drafts + draft_cost if p.accepted is not None else draftless for p in passes)
-                candidates.append({"method": method, "k": k, "groups": groups, "lookup": lookup,
+                              else with_drafts + draft_cost if p.accepted is not None
+                              else steps["draftless"]["seconds"] + draft_cost for p in passes)
+                candidates.append({"method": method, "k": k, "groups": groups, "lookup": lookup, "tree_budget": budget,
                                    "tokens_per_step": tokens / len(passes),
                                    "predicted_tokens_per_second": tokens / seconds})
     base = candidates[0]["predicted_tokens_per_second"]
@@ -566,9 +609,11 @@ def markdown(report: dict) -> str:
     for method, lookup in [(m, lu) for m in ("linear", "quadratic") for lu in (False, True)]:
         if method not in settings["methods"] or lookup not in LOOKUP_RUNS[settings.get("lookup", "off")]:
             continue
-        parts += ["", f"## τ (tokens per step), {method}{' + lookup' if lookup else ''}", ""]
-        rows = [[d] + [_fmt(summary[d]["runs"][run_name(Run(method, k, lookup))]["tokens_per_step"]) for k in k_list]
-                for d in domains]
+        tree = settings.get("tree_budget", 0)
+        parts += ["", f"## τ (tokens per step), {method}{f' tree {tree}' if tree else ''}"
+                      f"{' + lookup' if lookup else ''}", ""]
+        rows = [[d] + [_fmt(summary[d]["runs"][run_name(Run(method, k, lookup, tree))]["tokens_per_step"])
+                       for k in k_list] for d in domains]
         parts.append(_table(["domain"] + [f"k={k}" for k in k_list], rows))
     if "prompt_lookup" in settings["methods"]:
         parts += ["", "Prompt lookup τ: " + ", ".join(
@@ -606,8 +651,9 @@ def markdown(report: dict) -> str:
     ranked = report.get("predictions")
     if ranked:
         parts += ["", "## Predicted best settings (cost curve × replayed passes, all prompts)", ""]
-        parts.append(_table(["method", "k", "groups", "lookup", "τ", "tokens/s", "vs autoregressive"],
+        parts.append(_table(["method", "k", "groups", "lookup", "tree", "τ", "tokens/s", "vs autoregressive"],
                             [[c["method"], str(c["k"] or "–"), str(c["groups"] or "–"), str(c["lookup"] or "–"),
+                              str(c.get("tree_budget") or "–"),
                               _fmt(c["tokens_per_step"]),
                               _fmt(c["predicted_tokens_per_second"], 1),
                               _fmt(c["predicted_speedup_vs_autoregressive"], 2, "×")] for c in ranked[:10]]))
@@ -617,7 +663,7 @@ def markdown(report: dict) -> str:
             verdict = "faster" if speedup > 1 else "not faster"
             parts += ["", f"Chosen defaults, the fastest MTP setting (written to `{DEFAULTS_FILE}`): method "
                           f"{best['method']}, k {best['k']}, groups {best['groups'] or '–'}, lookup drafts "
-                          f"{best['lookup'] or 'off'}; predicted "
+                          f"{best['lookup'] or 'off'}, draft tree {best.get('tree_budget') or 'off (a chain)'}; predicted "
                           f"{speedup:.2f}× autoregressive, so {verdict} than plain decoding on this device."]
     return "\n".join(parts) + "\n"
 
@@ -632,7 +678,7 @@ def _tau_table_markdown(summary: dict, settings: dict) -> list[str]:
              "linear and quadratic decoding on the match lengths gives their pass counts exactly "
              "(paper rows: the closest benchmark of its Table 1, Tulu3-8B)."]
     for drafter, label in (("sampler", "sampler drafts"), ("lm_head", "lm_head drafts (no sampler)")):
-        for method in acceptance.METHODS:
+        for method in DRAFTING_METHODS:
             with_paper = (method, drafter) == ("quadratic", "sampler")
             rows = []
             for d in domains:
@@ -643,6 +689,12 @@ def _tau_table_markdown(summary: dict, settings: dict) -> list[str]:
                 rows.append(row)
             parts += ["", f"**{method}, {label}**", "",
                       _table(["domain"] + [f"k={k}" for k in ks] + (paper_cols if with_paper else []), rows)]
+    for name in summary["all"]["tau_table"].get("trees", {}):
+        for method in DRAFTING_METHODS:
+            ks_tree = list(summary["all"]["tau_table"]["trees"][name][method])
+            rows = [[d] + [_fmt(summary[d]["tau_table"]["trees"][name][method][k]) for k in ks_tree] for d in domains]
+            parts += ["", f"**{method}, sampler draft {name} nodes (groups k+1 after the nodes most likely to end "
+                          "the accepted path)**", "", _table(["domain"] + [f"k={k}" for k in ks_tree], rows)]
     agreement = summary["all"]["tau_table"]["replay_agreement"]
     if agreement:
         parts += ["", "Replay vs decoding (same pass count per prompt): " + ", ".join(
@@ -657,14 +709,14 @@ def figures(report: dict) -> dict[str, go.Figure]:
     out = {}
     table_k = settings.get("tau_table_k", 0)
     # τ vs k from the τ table (every k, replayed) when there is one, else from the decoded runs.
-    methods = list(acceptance.METHODS) if table_k else [m for m in acceptance.METHODS if m in settings["methods"]]
+    methods = list(DRAFTING_METHODS) if table_k else [m for m in DRAFTING_METHODS if m in settings["methods"]]
     ks = list(range(1, table_k + 1)) if table_k else list(settings["k_list"])
 
     def taus(domain: str, method: str) -> list[float]:
         if table_k:
             return summary[domain]["tau_table"]["tau"]["sampler"][method]
         lookup = LOOKUP_RUNS[settings.get("lookup", "off")][0]
-        return [summary[domain]["runs"][run_name(Run(method, k, lookup))]["tokens_per_step"] for k in ks]
+        return [summary[domain]["runs"][run_name(Run(method, k, lookup, settings.get("tree_budget", 0)))]["tokens_per_step"] for k in ks]
     if methods:
         fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, shared_yaxes=True)
         for col, method in enumerate(methods, start=1):
@@ -766,7 +818,7 @@ def benchmark(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: list
         if not settings.tau_table_k:
             raise ValueError("the cost curve's predictions replay the τ table: set tau_table_k")
         curve = cost_curve(model, tuple(range(1, settings.tau_table_k + 1)), repeats=curve_repeats,
-                           use_sampler=settings.use_sampler)
+                           use_sampler=settings.use_sampler, trees=tree_configs(settings))
         ranked = predict(results, curve, settings)
         report.update(cost_curve=curve, predictions=ranked)
         # `mtp generate` runs MTP decoding, so its default is the fastest MTP setting even where
@@ -776,6 +828,7 @@ def benchmark(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: list
             machine = report["machine"]
             report["defaults"] = {
                 "method": best["method"], "k": best["k"], "groups": best["groups"], "lookup": best["lookup"],
+                "tree_budget": best["tree_budget"],
                 "predicted_tokens_per_second": best["predicted_tokens_per_second"],
                 "predicted_speedup_vs_autoregressive": best["predicted_speedup_vs_autoregressive"],
                 "tokens_per_step": best["tokens_per_step"], "device": str(device),

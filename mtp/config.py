@@ -14,10 +14,11 @@ FORMAT_VERSION = 1
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DECODING_DEFAULTS_FILE = "decoding_defaults.json"  # measured best decoding settings, keyed by device type
 DEFAULTS_METHODS = ("linear", "quadratic")  # the defaults pick MTP decoding; autoregressive needs no checkpoint
-DEFAULTS_FIELDS = ("method", "k", "groups", "lookup", "predicted_tokens_per_second",
+DEFAULTS_FIELDS = ("method", "k", "groups", "lookup", "tree_budget", "predicted_tokens_per_second",
                    "predicted_speedup_vs_autoregressive", "tokens_per_step", "machine", "torch_threads", "created",
                    "command")
-DEFAULTS_OPTIONAL = ("lookup",)  # absent from files written before it existed: 0, no lookup drafts
+# Absent from files written before they existed: 0, no lookup drafts, chains rather than trees.
+DEFAULTS_OPTIONAL = ("lookup", "tree_budget")
 
 
 class CheckpointError(ValueError):
@@ -118,9 +119,10 @@ def _defaults_problem(entry: object) -> str | None:
     if groups is not None and (entry["method"] != "quadratic" or not isinstance(groups, int)
                                or isinstance(groups, bool) or not 1 <= groups <= k + 1):
         return f"has groups {groups!r}: quadratic only, an integer in 1..k+1"
-    lookup = entry.get("lookup", 0)
-    if not isinstance(lookup, int) or isinstance(lookup, bool) or lookup < 0:
-        return f"has lookup {lookup!r}, not an integer >= 0"
+    for name in DEFAULTS_OPTIONAL:
+        value = entry.get(name, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"has {name} {value!r}, not an integer >= 0"
     return None
 
 

@@ -167,14 +167,14 @@ def mask_tree(model: MTPModel, group: MaskGroup, budget: int, width: int = TREE_
         return 1.0 if node < 0 else scores[node]
 
     for depth in range(k):
-        expand = sorted(frontier, key=lambda node: -score_of(node))[:width]
+        expand = sorted(frontier, key=lambda node: -score_of(node))[:min(width, budget)]
         rows = candidates[depth].expand(len(expand), -1)
         if sampler:
             prev = torch.tensor([token_of(node) for node in expand], device=group.hidden.device)
             logits = model.sampler_logits(group.hidden[depth].expand(len(expand), -1), prev, rows)
         else:
             logits = group.logits[depth, candidates[depth]].expand(len(expand), -1)
-        top_probs, top_index = torch.softmax(logits.float(), dim=-1).topk(min(width, rows.shape[1]), dim=-1)
+        top_probs, top_index = torch.softmax(logits.float(), dim=-1).topk(min(width, budget, rows.shape[1]), dim=-1)
         frontier = []
         for parent, probs, index in zip(expand, top_probs.tolist(), top_index.tolist()):
             for prob, i in zip(probs, index):

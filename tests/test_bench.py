@@ -308,3 +308,33 @@ def test_interrupted_run_resumes(tiny, tmp_path, monkeypatch):
     assert report["prompts"][0] == json.loads(lines[1]) and report["mismatches"] == []
     assert not partial.exists()
 
+
+
+def test_draft_trees_decoded_replayed_and_priced(tiny, tmp_path):
+    """--tree-budget decodes with trees (identical output, replay = decoded passes); --tau-trees adds
+    tree rows to the τ table and tree candidates to the predicted defaults."""
+    out = tmp_path / "out"
+    assert main(bench_args(tiny, out, "--limit", "1", "--k-list", "2,4", "--max-new-tokens", "12",
+                           "--methods", "linear,quadratic", "--tree-budget", "6", "--tau-trees", "3,6",
+                           "--cost-curve")) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert report["mismatches"] == []
+    assert sorted(report["summary"]["all"]["runs"]) == ["linear k=2 tree 6", "linear k=4 tree 6",
+                                                        "quadratic k=2 tree 6", "quadratic k=4 tree 6"]
+    table = report["summary"]["all"]["tau_table"]
+    assert sorted(table["trees"]) == ["tree 3", "tree 6"]
+    assert all(1.0 <= tau <= int(k) + 1 for rows in table["trees"].values() for method in rows.values()
+               for k, tau in method.items())
+    # The decoded tree runs are replayed pass for pass (groups k+1: the τ table's tree rows).
+    assert all(a["same_passes"] == a["prompts"] == 3 for a in table["replay_agreement"].values())
+    for method in ("linear", "quadratic"):
+        for k in ("2", "4"):
+            assert table["trees"]["tree 6"][method][k] == pytest.approx(
+                report["summary"]["all"]["runs"][f"{method} k={k} tree 6"]["tokens_per_step"])
+    shapes = report["cost_curve"]["step_seconds"]["4"]
+    assert {f"tree {b} g={g}" for b in (3, 6) for g in bench.TREE_GROUPS} <= set(shapes)
+    assert set(report["cost_curve"]["tree_drafting_seconds"]["4"]) == {"3", "6"}
+    assert {c["tree_budget"] for c in report["predictions"]} == {0, 3, 6}
+    assert "tree_budget" in report["defaults"]
+    page = (out / "results.md").read_text()
+    assert "sampler draft tree 6 nodes" in page and "| tree |" in page

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from mtp import adapter, config
+from mtp import adapter, atomic
 from mtp.api import BUILT_IN, EXPLICIT, decoding_settings
 from mtp.config import DECODING_DEFAULTS_FILE, CheckpointError, read_decoding_defaults, write_decoding_defaults
 
@@ -51,7 +51,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch) -> None:
 
     def interrupted(source, target) -> None:
         raise OSError("disk full")
-    monkeypatch.setattr(config.os, "replace", interrupted)
+    monkeypatch.setattr(atomic.os, "replace", interrupted)
     with pytest.raises(OSError, match="disk full"):
         write_decoding_defaults(tmp_path, "cuda", entry())
     assert path.read_text() == before

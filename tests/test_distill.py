@@ -124,7 +124,7 @@ def test_invalid_utf8_is_reported_never_replaced(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="mtp.data"):
         prompts = [r.prompt for r in read_prompts(path)]
     assert prompts == ["fine", "also fine"] and not any("\ufffd" in p for p in prompts)
-    assert "latin1.jsonl:2: skipped, not valid UTF-8 (byte 0xe9 at column 13)" in caplog.text
+    assert "latin1.jsonl:2: skipped, not valid UTF-8 (byte 0xe9 at column 16)" in caplog.text
     array = tmp_path / "latin1.json"
     array.write_bytes(b'[{"prompt": "fine"},\n {"prompt": "caf\xe9"}]')
     with pytest.raises(ValueError, match="latin1.json:2: not valid UTF-8"):

@@ -136,7 +136,7 @@ def test_measured_defaults_are_used(tiny, tmp_path) -> None:
     assert summary.startswith("linear k=2: ") and summary.endswith("; defaults: measured on Bench CPU "
                                                                     "(2025-02-03T04:05:06+00:00)")
     result = mtp_generate(*base, "--groups", "2")  # the measured method is linear: --groups does not apply
-    assert result.returncode == 2 and "--groups applies to --method quadratic only" in result.stderr
+    assert result.returncode == 2 and "--groups applies to the quadratic method only, not linear" in result.stderr
     # Measured lookup drafts are used (and reported); --lookup 0 turns them off; the output never changes.
     write_decoding_defaults(measured, "cpu", {**entry, "lookup": 10})
     prompt = "Say hello hello hello hello hello."

@@ -7,6 +7,7 @@ import copy
 import importlib.util
 import io
 
+import gguf
 import pytest
 import torch
 
@@ -173,3 +174,59 @@ def test_cli_offers_exactly_the_cpu_linear_kernels():
     add_cpu_linear_argument(parser)
     action = next(a for a in parser._actions if a.dest == "cpu_linear")
     assert tuple(action.choices) == models.CPU_LINEAR_KERNELS and action.default == models.CPU_LINEAR_KERNELS[0]
+
+
+def _gguf_with_architecture(path, architecture: str):
+    """A valid GGUF file with no tensors that declares `architecture`."""
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_block_count(1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_file_and_directory_load_like_the_embedded_model(smollm2, tmp_path, monkeypatch):
+    """A user's .gguf (here a link to the embedded file) is de-quantized once into the cache, keyed by
+    its hash; a directory holding it resolves to the same cached copy."""
+    monkeypatch.setenv("MTP_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "models").mkdir()
+    link = tmp_path / "models" / "my-model.gguf"
+    link.symlink_to(models.embedded_gguf_path())
+    loaded = load_model(str(link))
+    assert loaded.identity.name == "my-model" and loaded.identity.config_hash == smollm2.identity.config_hash
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert torch.equal(loaded.model(ids).logits, smollm2.model(ids).logits)
+    cached = list((tmp_path / "cache").iterdir())
+    assert [p.name for p in cached] == [f"my-model-{models._file_sha256(link)[:16]}"]  # no staging left
+    assert models.resolve_source(str(tmp_path / "models")) == ("my-model", str(cached[0]))
+
+
+def test_unsupported_gguf_architecture_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTP_CACHE", str(tmp_path / "cache"))
+    path = _gguf_with_architecture(tmp_path / "odd.gguf", "rwkv-unknown")
+    with pytest.raises(ModelSourceError, match="GGUF architecture 'rwkv-unknown' is not supported") as error:
+        models.resolve_source(str(path))
+    assert "\n" not in str(error.value) and "llama" in str(error.value)
+
+
+def test_corrupt_or_foreign_gguf_file_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTP_CACHE", str(tmp_path / "cache"))
+    truncated = tmp_path / "truncated.gguf"
+    with open(models.embedded_gguf_path(), "rb") as source:
+        truncated.write_bytes(source.read(100_000))
+    foreign = tmp_path / "notes.gguf"
+    foreign.write_text("not a model\n")
+    for path in (truncated, foreign):
+        with pytest.raises(ModelSourceError, match="not a readable GGUF file|could not read the GGUF file") as error:
+            models.resolve_source(str(path))
+        assert "\n" not in str(error.value) and str(path) in str(error.value)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_directory_with_several_ggufs_asks_for_one(tmp_path):
+    for name in ("a.gguf", "b.gguf"):
+        _gguf_with_architecture(tmp_path / name, "llama")
+    with pytest.raises(ModelSourceError, match="holds 2 GGUF files .*--model PATH.gguf"):
+        models.resolve_source(str(tmp_path))

@@ -199,6 +199,11 @@ def write_config(path: Path, **fields) -> Path:
     ({"steps": "many"}, "steps must be a int"),
     ({"layout": "diagonal"}, "layout must be prefix_cache or full"),
     ({"data": "no/such/file.jsonl"}, "data file no/such/file.jsonl does not exist"),
+    ({"lr": float("nan")}, "lr must be a finite number, got nan"),
+    ({"weight_lcm": float("inf")}, "weight_lcm must be a finite number, got inf"),
+    ({"beta1": 1.5}, "beta1 and beta2 must be in [0, 1)"),
+    ({"min_lr_ratio": True}, "min_lr_ratio must be a float, got True"),
+    ({"grad_clip": -1.0}, "grad_clip must be >= 0"),
 ])
 def test_bad_config_is_refused_and_nothing_written(tmp_path, capsys, fields, message):
     out = tmp_path / "out"

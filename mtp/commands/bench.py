@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 
 from ..__main__ import UsageError
+from ..options import OptionError, check_decoding
 from . import add_cpu_linear_argument
 
 log = logging.getLogger("mtp.bench")
@@ -29,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--groups", type=int, default=None,
                         help="quadratic: mask groups after the first G tokens (capped at k+1; default k+1)")
     parser.add_argument("--no-sampler", action="store_true", help="draft with lm_head at the masks, not the sampler")
+    parser.add_argument("--tree-budget", type=int, default=0, metavar="N",
+                        help="decoded linear/quadratic runs draft trees of at most N nodes (0: chains, the default)")
+    parser.add_argument("--tau-trees", default=None, metavar="N,N",
+                        help="draft-tree budgets to replay at each k of --k-list: τ table rows and, with "
+                             "--cost-curve, candidates for the defaults (implies --tau-table)")
     parser.add_argument("--prompt-lookup-tokens", type=int, default=10,
                         help="drafts per pass of prompt lookup: transformers' prompt_lookup_num_tokens and the "
                              "engine's --lookup (default 10)")
@@ -90,10 +96,18 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not names:
         raise UsageError(f"unknown method(s) {unknown or [args.methods]}: choose from {', '.join(bench.METHODS)}, "
                          "or none")
-    if not methods and not (args.tau_table or args.cost_curve):
+    if not methods and not (args.tau_table or args.cost_curve or args.tau_trees):
         raise UsageError("--methods none measures nothing but the baseline: add --tau-table (or --cost-curve), "
                          "or name methods")
     k_list = _int_list(args.k_list, "--k-list") if args.k_list is not None else None
+    tau_trees = _int_list(args.tau_trees, "--tau-trees") if args.tau_trees is not None else ()
+    try:
+        for budget in (args.tree_budget, *tau_trees):
+            check_decoding(tree_budget=budget)
+    except OptionError as error:
+        raise UsageError(f"--tree-budget/--tau-trees: {error}") from None
+    if args.tree_budget and not {"linear", "quadratic"} & set(methods):
+        raise UsageError("--tree-budget applies to the linear and quadratic methods, and --methods has neither")
     for name in ("limit", "max_new_tokens", "groups", "prompt_lookup_tokens", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -145,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
                               groups=args.groups, use_sampler=not args.no_sampler,
                               prompt_lookup_tokens=args.prompt_lookup_tokens, lookup=args.lookup,
                               chat_template=not args.no_chat_template,
-                              tau_table_k=model.k if args.tau_table or args.cost_curve else 0)
+                              tau_table_k=model.k if args.tau_table or args.cost_curve or tau_trees else 0,
+                              tree_budget=args.tree_budget, tau_trees=tau_trees)
     domains = sorted({r.domain for r in records})
     log.info("%d prompts (%s), runs per prompt: %s", len(records), ", ".join(domains),
              ", ".join(bench.run_name(run) for run in bench.runs_of(settings)))

@@ -71,15 +71,34 @@ def ui_error(error: Exception) -> gr.Error:
     unexpected ones in full."""
     if isinstance(error, gr.Error):
         log.info("refused: %s", error.message)
+        error.print_exception = False  # Gradio would print a traceback for it otherwise
         return error
     if isinstance(error, USER_ERRORS):
         log.info("refused: %s", error)
-        return gr.Error(str(error))
+        return gr.Error(str(error), print_exception=False)
     if isinstance(error, torch.OutOfMemoryError):
         log.warning("out of memory: %s", error)
         return gr.Error("out of memory: try a shorter prompt, fewer new tokens or a smaller k")
     log.error("request failed", exc_info=error)
     return gr.Error(f"internal error ({type(error).__name__}): {error}")
+
+
+def quiet_refusals(page: gr.Blocks) -> None:
+    """Make Gradio's own refusals of a value (out of a slider's range, not among a dropdown's choices,
+    sent by an API client) one log line like ours, not a traceback."""
+    for block in page.blocks.values():
+        if isinstance(block, gr.components.Component):
+            block.preprocess = _quiet(block.preprocess)
+
+
+def _quiet(preprocess: Callable) -> Callable:
+    @functools.wraps(preprocess)
+    def wrapper(payload):
+        try:
+            return preprocess(payload)
+        except gr.Error as error:
+            raise ui_error(error) from None
+    return wrapper
 
 
 def friendly(function: Callable) -> Callable:

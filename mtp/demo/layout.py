@@ -7,7 +7,7 @@ import json
 import gradio as gr
 
 from ..options import METHODS
-from .checks import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_TEMPERATURE, MAX_TOP_N
+from .checks import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_TEMPERATURE, MAX_TOP_N, quiet_refusals
 from .handlers import Demo
 from .race import SLOTS
 from .store import FRESH, FRESH_K, ROOT
@@ -126,4 +126,5 @@ def build(demo_state: Demo, default_model: str, default_checkpoint: str) -> gr.B
         stop_button.click(demo_state.train_stop, None, [train_status], api_name="train_stop")
         timer.tick(demo_state.tick, [*settings, seen], [status, train_status, train_plot, checkpoint, train_from, seen],
                    concurrency_limit=None, show_progress="hidden", api_name=False)
+    quiet_refusals(page)
     return page
