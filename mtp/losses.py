@@ -1,4 +1,4 @@
-"""The three MTP training losses (DESIGN §4), computed over the mask positions of a batch.
+"""The three MTP training losses (docs/design.md §4), computed over the mask positions of a batch.
 
 Inputs are flat over mask rows (any layout: the full interleaved one or the prefix-cache one):
 - hidden (N, d): final post-norm hidden state of each mask;

@@ -1,7 +1,7 @@
 """Look inside one prompt: what the model predicts k tokens ahead, and the gated-LoRA lossless check.
 
 Engine side only (no UI imports): the demo's Future heatmap and Lossless check tabs and their tests
-read these results. Offsets follow DESIGN §3: mask i after the last prompt token guesses the token
+read these results. Offsets follow docs/design.md §3: mask i after the last prompt token guesses the token
 at distance i+1, i.e. greedy token number i (0-based) where greedy token 0 is the ordinary next token.
 """
 

@@ -276,7 +276,7 @@ def prefix_cache_forward(model: adapter.MTPModel, seqs: list[Sequence], anchors:
 
 
 def full_forward(model: adapter.MTPModel, seqs: list[Sequence], anchors: list[list[int]], weights: LossWeights):
-    """The full interleaved layout (DESIGN §3): real tokens and mask blocks in one pass with grad."""
+    """The full interleaved layout (docs/design.md §3): real tokens and mask blocks in one pass with grad."""
     device = model.mask_embeddings.device
     layouts = [interleaved_layout(s.ids, model.k, s.prompt_len, a) for s, a in zip(seqs, anchors)]
     q = max(len(lay.input_ids) for lay in layouts)

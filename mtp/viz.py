@@ -190,7 +190,7 @@ def offset_acceptance_figure(trace: Trace) -> go.Figure:
 
 
 def trace_summary(trace: Trace) -> dict[str, float | int | str]:
-    """The DESIGN §5 metrics of one trace, rounded for display."""
+    """The docs/design.md §6 metrics of one trace, rounded for display."""
     return {
         "method": trace.method, "k": trace.k, "new tokens": trace.new_tokens, "forward passes": trace.forward_passes,
         "τ (tokens per step)": round(trace.tokens_per_step, 3),

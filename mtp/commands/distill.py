@@ -1,6 +1,6 @@
 """python -m mtp distill --prompts FILE [FILE...] --out OUT.jsonl [--limit N] [--per-domain math=900,code=900] ...
 
-The base model's own greedy responses to the prompts (DESIGN §4: self-distillation). Re-running the
+The base model's own greedy responses to the prompts (docs/design.md §4: self-distillation). Re-running the
 same command skips prompts already in OUT (resumable); malformed prompt lines are reported as
 file:line and skipped.
 """
