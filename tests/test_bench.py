@@ -13,6 +13,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from mtp import adapter, bench, decoding
+from mtp.bench import measure
 from mtp.__main__ import main
 from mtp.config import DEFAULTS_FIELDS, read_decoding_defaults
 
@@ -281,7 +282,7 @@ def test_missing_prompt_file_exits_2(tiny, tmp_path, capsys):
 def test_interrupted_run_resumes(tiny, tmp_path, monkeypatch):
     out = tmp_path / "out"
     args = bench_args(tiny, out, "--k-list", "2", "--methods", "quadratic", "--max-new-tokens", "6")
-    real, real_prompt = bench._measure, bench.measure_prompt
+    real, real_prompt = measure.measure_run, measure.measure_prompt
     calls = []
 
     def interrupted(model, prompt_ids, *rest):
@@ -289,7 +290,7 @@ def test_interrupted_run_resumes(tiny, tmp_path, monkeypatch):
         if len(calls) == 2 + 2 * 2 + 1:  # warm-up (2 runs), two whole prompts (2 runs each), then stop
             raise KeyboardInterrupt
         return real(model, prompt_ids, *rest)
-    monkeypatch.setattr(bench, "_measure", interrupted)
+    monkeypatch.setattr(measure, "measure_run", interrupted)
     with pytest.raises(KeyboardInterrupt):
         main(args)
     partial = out / bench.PARTIAL_FILE
@@ -297,9 +298,9 @@ def test_interrupted_run_resumes(tiny, tmp_path, monkeypatch):
     assert len(lines) == 3 and json.loads(lines[1])["source"] == "gsm8k.jsonl:1"
     assert main(args) == 2  # not silently overwritten
     assert main(args[:-1] + ["7", "--resume"]) == 2  # other settings: refused
-    monkeypatch.setattr(bench, "_measure", real)
+    monkeypatch.setattr(measure, "measure_run", real)
     measured = []
-    monkeypatch.setattr(bench, "measure_prompt", lambda model, record, *rest: measured.append(record.source)
+    monkeypatch.setattr(measure, "measure_prompt", lambda model, record, *rest: measured.append(record.source)
                         or real_prompt(model, record, *rest))
     assert main(args + ["--resume"]) == 0
     assert measured == ["gsm8k.jsonl:3", "humaneval.jsonl:1", "humaneval.jsonl:2", "mixed.jsonl:1"]

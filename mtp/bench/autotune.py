@@ -1,0 +1,203 @@
+"""Autotuning the decoding defaults: the cost curve (seconds of decoding's own passes and drafting on a
+warm cache, per input length and pass shape) crossed with each prompt's pass sequence replayed from its
+teacher-forced matches predicts tokens/s per (method, k, groups, lookup, tree budget); the fastest MTP
+setting becomes the checkpoint's defaults (`python -m mtp bench --cost-curve --save-defaults`)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Sequence
+
+import torch
+from transformers import DynamicCache
+
+from .. import acceptance, decoding
+from ..adapter import MTPModel
+from ..config import DEFAULTS_METHODS
+from ..drafting import Draft, MaskChain, MaskGroup, mask_tree
+from ..methods import Autoregressive, Linear, Policy, Quadratic
+from ..sampling import Sampling
+from .measure import sync
+from .runs import Settings, tree_configs
+
+CURVE_LENGTHS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50, 64, 81, 100)
+LM_HEAD_ROWS = (1, 2, 4, 8, 9, 16, 17, 25, 32, 64, 81)
+# Quadratic groups the autotuner tries with draft trees (a group costs k mask tokens in every pass).
+TREE_GROUPS = (1, 2, 4)
+
+
+def _median_seconds(fn, repeats: int, device: torch.device) -> float:
+    """fn's median time over `repeats` calls after one untimed warm-up call."""
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _step_shapes(k: int) -> dict[str, tuple[int, Policy]]:
+    """Name -> (chain drafts fed, policy) of the chain passes decoding makes (see decoding.verify)."""
+    shapes = {"autoregressive": (0, Autoregressive()), "draftless": (0, Quadratic(1)), "linear": (k, Linear())}
+    shapes.update({f"quadratic g={g}": (k, Quadratic(g)) for g in range(1, k + 2)})
+    return shapes
+
+
+def tree_shape(budget: int, groups: int) -> str:
+    """The cost curve's name of a draft tree's pass."""
+    return f"tree {budget} g={groups}"
+
+
+@torch.inference_mode()
+def cost_curve(model: MTPModel, k_list: tuple[int, ...], cache_tokens: int = 200, repeats: int = 7,
+               lengths: tuple[int, ...] = CURVE_LENGTHS, lm_head_rows: tuple[int, ...] = LM_HEAD_ROWS,
+               use_sampler: bool = True, seed: int = 0, trees: Sequence[tuple[int, int]] = ()) -> dict:
+    """Seconds (median of `repeats`) of one pass on a warm cache of `cache_tokens` real tokens.
+
+    backbone: plain causal passes of L real tokens (no logits). lm_head: vocabulary logits for R rows.
+    steps: decoding.verify's passes per (k, shape), vocabulary logits of the verified rows and of the
+    surviving mask group included, and draft trees of each (k, budget) in `trees` with TREE_GROUPS
+    groups; drafting: the k-draft chain from one group's hidden states and logits (the sampler's
+    scoring, or the argmax without it), and the masks' tree of each (k, budget).
+    """
+    device = model.mask_embeddings.device
+    vocab = model.base.get_output_embeddings().weight.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(0, vocab, (1, cache_tokens), generator=generator).to(device)
+    cache = DynamicCache(config=model.base.config)
+    model(prefix, torch.arange(cache_tokens, device=device)[None], past_key_values=cache, use_cache=True)
+    greedy = Sampling(0.0, device=device)
+
+    def timed_pass(draft: Draft, anchors: list[int], k: int) -> float:
+        """decoding.verify itself, on random drafts (so they are rejected and t_0's group survives)."""
+        tokens = tokens_of(1) + draft.tokens
+
+        def one() -> None:
+            decoding.verify(model, cache, cache_tokens, tokens, draft, anchors, k, greedy)
+            cache.crop(cache_tokens - cache.get_seq_length())
+        return _median_seconds(one, repeats, device)
+
+    def tokens_of(n: int) -> list[int]:
+        return torch.randint(0, vocab, (n,), generator=generator).tolist()
+
+    def timed_backbone(n: int) -> float:
+        ids, positions = torch.tensor([tokens_of(n)], device=device), torch.arange(cache_tokens, cache_tokens + n, device=device)
+
+        def one() -> None:
+            model(ids, positions[None], past_key_values=cache, use_cache=True)
+            cache.crop(-n)
+        return _median_seconds(one, repeats, device)
+
+    backbone = {n: timed_backbone(n) for n in lengths}
+    hidden = torch.randn(1, max(lm_head_rows), model.base.config.hidden_size, generator=generator).to(device)
+    lm_head = {r: _median_seconds(lambda r=r: model.lm_logits(hidden[:, :r]), repeats, device) for r in lm_head_rows}
+    steps, drafting, tree_drafting = {}, {}, {}
+    for k in k_list:
+        steps[k] = {}
+        for name, (m, verification) in _step_shapes(k).items():
+            draft = Draft.chain(tokens_of(m))
+            steps[k][name] = {"input_length": 1 + m + len(verification.anchors(draft)) * k,
+                              "seconds": timed_pass(draft, verification.anchors(draft), k)}
+        group = MaskGroup(hidden[0, :k], model.lm_logits(hidden[0, :k]), 0)
+        drafting[k] = _median_seconds(lambda group=group: MaskChain(model, use_sampler).propose([], group, greedy),
+                                      repeats, device)
+        tree_drafting[k] = {}
+        for budget in [b for tree_k, b in trees if tree_k == k]:
+            tree = mask_tree(model, group, budget, use_sampler=use_sampler)
+            tree_drafting[k][str(budget)] = _median_seconds(
+                lambda budget=budget, group=group: mask_tree(model, group, budget, use_sampler=use_sampler), repeats, device)
+            for groups in TREE_GROUPS:
+                anchors = Quadratic(groups).anchors(tree)
+                steps[k][tree_shape(budget, groups)] = {"input_length": 1 + budget + len(anchors) * k,
+                                                        "seconds": timed_pass(tree, anchors, k)}
+    return {"cache_tokens": cache_tokens, "repeats": repeats, "use_sampler": use_sampler,
+            "backbone_seconds": backbone, "lm_head_seconds": lm_head, "step_seconds": steps,
+            "drafting_seconds": drafting, "tree_drafting_seconds": tree_drafting}
+
+
+def _backbone_at(curve: dict, length: int) -> float:
+    """Backbone seconds for `length` input tokens, interpolated linearly between measured lengths."""
+    points = sorted((int(n), s) for n, s in curve["backbone_seconds"].items())
+    for (n0, s0), (n1, s1) in zip(points, points[1:]):
+        if length <= n1 or (n1, s1) == points[-1]:
+            return s0 + (s1 - s0) * (length - n0) / (n1 - n0)
+    return points[0][1]
+
+
+def predict(results: list[dict], curve: dict, settings: Settings) -> list[dict]:
+    """Predicted tokens/s per (method, k, groups, lookup, tree budget), best first: each prompt's
+    exact pass sequence, replayed from its teacher-forced matches (mtp.acceptance), priced by the
+    cost curve.
+
+    A pass with drafts costs its shape's pass plus drafting (the chain, or the tree); a draftless
+    pass (after the accepted path ended where no group was) costs the 1-token pass plus drafting.
+    A pass verifying m lookup drafts costs the chain shape with the same groups, plus the backbone's
+    cost of its extra input tokens. The prefill is the same for every method and is not priced.
+    """
+    chain_drafter = "sampler" if settings.use_sampler else "lm_head"
+    entries = [e for e in results if "draft_matches" in e]
+    tokens = sum(e["baseline"]["new_tokens"] - 1 for e in entries)
+    first = next(iter(curve["step_seconds"].values()))
+    candidates = [{"method": "autoregressive", "k": None, "groups": None, "lookup": 0, "tree_budget": 0,
+                   "tokens_per_step": 1.0, "predicted_tokens_per_second": 1.0 / first["autoregressive"]["seconds"]}]
+    lookups = [0] + ([settings.prompt_lookup_tokens] if all("lookup_matches" in e for e in entries) else [])
+    for key, steps in curve["step_seconds"].items():
+        k = int(key)
+
+        def lookup_pass(method: str, groups: int | None, drafts: int) -> float:
+            shape = steps["linear" if method == "linear" else f"quadratic g={min(groups or k + 1, drafts + 1)}"]
+            length = shape["input_length"] + drafts - k
+            return shape["seconds"] + _backbone_at(curve, length) - _backbone_at(curve, shape["input_length"])
+
+        shapes = [("linear", None, 0, steps["linear"]["seconds"])] + [
+            ("quadratic", g, 0, steps[f"quadratic g={g}"]["seconds"]) for g in range(1, k + 2)] + [
+            ("quadratic", g, budget, steps[tree_shape(budget, g)]["seconds"])
+            for tree_k, budget in tree_configs(settings) if tree_k == k for g in TREE_GROUPS]
+        for method, groups, budget, with_drafts in shapes:
+            draft_cost = (curve["tree_drafting_seconds"][key][str(budget)] if budget
+                          else curve["drafting_seconds"][key])
+            drafter = acceptance.tree_key(k, budget) if budget else chain_drafter
+            for lookup in lookups:
+                passes = [p for e in entries for p in acceptance.replay(
+                    e["draft_matches"][drafter], method, k, e["baseline"]["new_tokens"], groups,
+                    e["lookup_matches"] if lookup else None)[1:]]
+                if not passes:
+                    continue
+                seconds = sum(lookup_pass(method, groups, p.lookup_drafts) + draft_cost if p.lookup_drafts
+                              else with_drafts + draft_cost if p.accepted is not None
+                              else steps["draftless"]["seconds"] + draft_cost for p in passes)
+                candidates.append({"method": method, "k": k, "groups": groups, "lookup": lookup, "tree_budget": budget,
+                                   "tokens_per_step": tokens / len(passes),
+                                   "predicted_tokens_per_second": tokens / seconds})
+    base = candidates[0]["predicted_tokens_per_second"]
+    for candidate in candidates:
+        candidate["predicted_speedup_vs_autoregressive"] = candidate["predicted_tokens_per_second"] / base
+    return sorted(candidates, key=lambda c: -c["predicted_tokens_per_second"])
+
+
+def choose_defaults(report: dict) -> dict | None:
+    """The defaults.json record: the fastest MTP setting of report["predictions"], with its provenance.
+
+    `mtp generate` runs MTP decoding, so its default is the fastest MTP setting even where
+    autoregressive would win; the speedup field says which.
+    """
+    best = next((c for c in report["predictions"] if c["method"] in DEFAULTS_METHODS), None)
+    if best is None:
+        return None
+    machine, model = report["machine"], report["model"]
+    return {
+        "method": best["method"], "k": best["k"], "groups": best["groups"], "lookup": best["lookup"],
+        "tree_budget": best["tree_budget"],
+        "predicted_tokens_per_second": best["predicted_tokens_per_second"],
+        "predicted_speedup_vs_autoregressive": best["predicted_speedup_vs_autoregressive"],
+        "tokens_per_step": best["tokens_per_step"], "device": machine["device"],
+        "machine": machine.get("gpu", machine["cpu"]), "torch_threads": machine["torch_threads"],
+        "cpu_linear": machine["cpu_linear"],
+        "model": model["name"], "checkpoint": model["checkpoint"], "use_sampler": report["settings"]["use_sampler"],
+        "prompts": len(report["prompts"]), "created": report["created"], "command": report["command"],
+        "basis": "cost curve (warm cache) x each prompt's pass sequence replayed from teacher-forced drafts",
+    }

@@ -1,0 +1,96 @@
+"""What the measurements add up to: per domain and over all prompts, τ, tokens/s and speedups of each
+run (ratios of sums over a domain's prompts: τ = Σ new tokens ÷ Σ forward passes, tokens/s =
+Σ new tokens ÷ Σ seconds, speedup = tokens/s ÷ baseline tokens/s), the greedy identity mismatches,
+and the τ tables replayed from each prompt's teacher-forced draft matches (mtp.acceptance)."""
+
+from __future__ import annotations
+
+from .. import acceptance
+from ..options import DRAFTING_METHODS
+from .runs import BASELINE, Settings, groups_of, run_name, run_of, runs_of
+
+
+def _offset_acceptance(runs: list[dict], k: int) -> list[float]:
+    """Per offset i: accepted ≥ i ÷ proposed ≥ i over all steps of these runs (trace convention)."""
+    rates = []
+    for offset in range(1, k + 1):
+        pairs = [(a, p) for run in runs for a, p in zip(run["accept_counts"], run["proposed_counts"]) if p >= offset]
+        rates.append(sum(a >= offset for a, _ in pairs) / len(pairs) if pairs else 0.0)
+    return rates
+
+
+def _aggregate(runs: list[dict]) -> dict:
+    tokens = sum(run["new_tokens"] for run in runs)
+    steps = sum(run["steps"] for run in runs)
+    seconds = sum(run["seconds"] for run in runs)
+    return {"prompts": len(runs), "new_tokens": tokens, "steps": steps, "seconds": seconds,
+            "tokens_per_step": tokens / steps if steps else 0.0,
+            "tokens_per_second": tokens / seconds if seconds > 0 else 0.0}
+
+
+def summarize(results: list[dict], settings: Settings) -> dict:
+    """Per domain and over all prompts ("all"): baseline and each run's τ, tokens/s and speedups."""
+    domains = list(dict.fromkeys(entry["domain"] for entry in results)) + ["all"]
+    summary = {}
+    for domain in domains:
+        entries = [e for e in results if domain in ("all", e["domain"])]
+        baseline = _aggregate([e["baseline"] for e in entries])
+        block = {BASELINE: baseline, "runs": {}}
+        lookup = None
+        for name in runs_of(settings):
+            runs = [run for e in entries for run in e["runs"] if run_of(run) == name]
+            stats = _aggregate(runs)
+            stats.update(method=name.method, k=name.k, lookup=name.lookup,
+                         mismatches=sum(run["mismatch_at"] is not None for run in runs))
+            stats["speedup_vs_generate"] = stats["tokens_per_second"] / baseline["tokens_per_second"]
+            if name.k is not None:
+                stats["per_offset_acceptance"] = _offset_acceptance(runs, name.k)
+            if name.method == "prompt_lookup":
+                lookup = stats
+            block["runs"][run_name(name)] = stats
+        for stats in block["runs"].values():
+            stats["speedup_vs_prompt_lookup"] = (
+                stats["tokens_per_second"] / lookup["tokens_per_second"] if lookup else None)
+        if settings.tau_table_k:
+            block["tau_table"] = tau_table(entries, settings)
+        summary[domain] = block
+    return summary
+
+
+def _replayed(entries: list[dict], drafter: str, method: str, k: int, groups: int | None = None) -> float:
+    # A prompt that generated nothing has no draft matches: its one pass is the prefill.
+    return acceptance.tokens_per_step([e.get("draft_matches", {}).get(drafter, []) for e in entries],
+                                      [e["baseline"]["new_tokens"] for e in entries], method, k, groups)
+
+
+def tau_table(entries: list[dict], settings: Settings) -> dict:
+    """{drafter: {method: [τ at k = 1..tau_table_k]}} replayed from the teacher-forced match lengths,
+    {"tree B": {method: {k: τ}}} for the draft trees (groups k+1, as the paper's chain layout), and,
+    per decoded linear/quadratic run, on how many prompts the replay gives its exact pass count."""
+    table = {drafter: {method: [_replayed(entries, drafter, method, k) for k in range(1, settings.tau_table_k + 1)]
+                       for method in DRAFTING_METHODS}
+             for drafter in acceptance.DRAFTERS}
+    trees = {f"tree {budget}": {method: {str(k): _replayed(entries, acceptance.tree_key(k, budget), method, k)
+                                         for k in settings.k_list}
+                                for method in DRAFTING_METHODS}
+             for budget in settings.tau_trees}
+    chain_drafter = acceptance.DRAFTERS[0] if settings.use_sampler else acceptance.DRAFTERS[1]
+    agreement = {}
+    for name in runs_of(settings):
+        if name.method not in DRAFTING_METHODS:
+            continue
+        drafter = acceptance.tree_key(name.k, name.tree_budget) if name.tree_budget else chain_drafter
+        # One prompt's replayed τ equals its decoded τ exactly when the pass counts are equal.
+        pairs = [(run["steps"], len(acceptance.replay(e.get("draft_matches", {}).get(drafter, []), name.method, name.k,
+                                                      e["baseline"]["new_tokens"], groups_of(settings, name.method, name.k),
+                                                      e.get("lookup_matches") if name.lookup else None)))
+                 for e in entries for run in e["runs"] if run_of(run) == name and drafter in e.get("draft_matches", {})]
+        agreement[run_name(name)] = {"prompts": len(pairs), "same_passes": sum(a == b for a, b in pairs)}
+    return {"tau": table, "trees": trees, "replay_agreement": agreement}
+
+
+def mismatches(results: list[dict]) -> list[dict]:
+    return [{"domain": e["domain"], "source": e["source"], "method": run["method"], "k": run["k"],
+             "lookup": run.get("lookup", False), "first_mismatch_at": run["mismatch_at"]}
+            for e in results for run in e["runs"] if run["mismatch_at"] is not None]
+
