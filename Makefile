@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: run test install browser clean
+.PHONY: run test test-fast install browser clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv .venv
@@ -22,6 +22,10 @@ browser:
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q tests
+
+# The inner loop: no slow, browser or multi-process tests (markers in pytest.ini).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser and not multiprocess" tests
 
 clean:
 	rm -rf .venv
