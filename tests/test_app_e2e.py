@@ -14,6 +14,8 @@ from playwright.sync_api import Page
 from mtp.demo.race import SLOTS
 from tests.app_helpers import demo_page, set_number, shot, table_rows, table_size, wait_text
 
+pytestmark = [pytest.mark.browser, pytest.mark.multiprocess]  # Chromium, and the app as a server process
+
 PROMPT = "Write a Python function that returns the factorial of n."
 K = 4
 MAX_NEW = 24

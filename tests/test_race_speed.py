@@ -21,6 +21,8 @@ from playwright.sync_api import Page
 from mtp.demo.race import SLOTS
 from tests.app_helpers import ARTIFACTS, ROOT, demo_page, table_rows, wait_text
 
+pytestmark = [pytest.mark.browser, pytest.mark.multiprocess]  # Chromium, the app server and CLI processes
+
 PROMPT = "Write a Python function that checks whether a string is a palindrome."
 K = 4
 MAX_NEW = 24
