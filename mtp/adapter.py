@@ -18,7 +18,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
 
 from . import atomic
 from .config import CheckpointError, MTPConfig
@@ -127,6 +127,37 @@ def attention_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return bias.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
+FULL, SLIDING = "full_attention", "sliding_attention"
+
+
+def layer_types(config: PreTrainedConfig) -> list[str]:
+    """Each layer's attention type, named as transformers' models and caches name them."""
+    types = getattr(config, "layer_types", None)
+    if types is None:  # Mistral-style configs: one window for every layer, or none
+        types = [SLIDING if getattr(config, "sliding_window", None) is not None else FULL] * config.num_hidden_layers
+    unknown = sorted(set(types) - {FULL, SLIDING})
+    if unknown:
+        raise ValueError(f"attention layers of type {unknown} are not supported (full and sliding-window only)")
+    return list(types)
+
+
+def sliding_visibility(allowed: torch.Tensor, position_ids: torch.Tensor | None, window: int,
+                       past_key_values: object | None, layer_idx: int) -> torch.Tensor:
+    """Visibility for a sliding-window layer: the columns of the keys its cache layer returns (a
+    sliding cache keeps only the last window-1 entries), each seen only within `window` positions.
+
+    allowed (batch, q, past+q); the cache holds real tokens at positions 0..past-1, in order.
+    """
+    q = allowed.shape[-2]
+    past = allowed.shape[-1] - q
+    offset = 0 if past_key_values is None else past_key_values.get_mask_sizes(q, layer_idx)[1]
+    device = allowed.device
+    query_pos = torch.arange(past, past + q, device=device)[None] if position_ids is None else position_ids.to(device)
+    key_pos = torch.cat([torch.arange(offset, past, device=device).expand(query_pos.shape[0], -1), query_pos], dim=-1)
+    in_window = query_pos[..., :, None] - key_pos[..., None, :] < window
+    return allowed[..., offset:] & in_window
+
+
 class MTPModel(nn.Module):
     """A frozen causal LM plus the trainable MTP pieces. `base` keeps behaving as the plain model."""
 
@@ -215,7 +246,12 @@ class MTPModel(nn.Module):
         gate: None opens it exactly at mask positions; True/False force it (the lossless demo).
         """
         open_positions = input_ids < 0 if gate is None else torch.full_like(input_ids, gate, dtype=torch.bool)
-        bias = None if attention_mask is None else attention_bias(attention_mask, self.mask_embeddings.dtype)
+        bias = None if attention_mask is None else self.attention_biases(attention_mask, position_ids, past_key_values)
+        # A pass appends masks and drafts that the caller then drops from the cache (decoding.keep_in_cache):
+        # a sliding-window cache layer must keep its older entries until then instead of evicting them.
+        for layer in getattr(past_key_values, "layers", ()):
+            if getattr(layer, "is_sliding", False) and not layer.record_past:
+                layer.activate_past_recording()
         token = _GATE.set(Gate.of(open_positions))
         try:
             out = self.base.model(
@@ -227,6 +263,21 @@ class MTPModel(nn.Module):
         hidden = out.last_hidden_state
         logits = None if logits_for is None else self.lm_logits(hidden[:, logits_for])
         return MTPOutput(hidden=hidden, logits=logits, past_key_values=out.past_key_values if use_cache else None)
+
+    def attention_biases(self, allowed: torch.Tensor, position_ids: torch.Tensor | None,
+                         past_key_values: object | None) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Additive masks from bool visibility (batch, q, past+q): one tensor when every layer has the
+        same attention type, else one per type (the mapping Gemma-3-style models take)."""
+        types = layer_types(self.base.config)
+        dtype = self.mask_embeddings.dtype
+        biases = {}
+        if FULL in types:
+            biases[FULL] = attention_bias(allowed, dtype)
+        if SLIDING in types:
+            visible = sliding_visibility(allowed, position_ids, self.base.config.sliding_window,
+                                         past_key_values, types.index(SLIDING))
+            biases[SLIDING] = attention_bias(visible, dtype)
+        return next(iter(biases.values())) if len(biases) == 1 else biases
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.base.get_output_embeddings()(hidden)

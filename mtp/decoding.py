@@ -85,18 +85,26 @@ class Verified(NamedTuple):
 
 
 def keep_in_cache(cache: DynamicCache, start: int, keep: Sequence[int]) -> None:
-    """Keep cache entries [0, start) and then only the entries at `keep` (ascending) after them."""
+    """Keep cache entries [0, start) and then only the entries at `keep` (ascending) after them.
+
+    Positions are absolute. A sliding-window layer holds only its newest entries (MTPModel.forward
+    makes it keep a pass's entries until this call), so its positions are shifted by the entries it
+    no longer holds; afterwards it again keeps only the window-1 newest, all a later pass can see.
+    """
     drop = cache.get_seq_length() - start
     if list(keep) == list(range(start, start + len(keep))):  # a prefix (every chain): one crop
-        cache.crop(len(keep) - drop)
+        cache.crop(len(keep) - drop)  # a sliding layer's crop also evicts what fell out of its window
         return
-    index = torch.tensor(list(keep))
     for layer in cache.layers:
+        if not layer.is_initialized:
+            continue
+        evicted = layer.get_seq_length() - layer.keys.shape[-2]  # 0 for full-attention layers
+        index = torch.tensor(list(keep), device=layer.keys.device) - evicted
+        layer.keys = torch.cat([layer.keys[..., :start - evicted, :], layer.keys.index_select(-2, index)], dim=-2)
+        layer.values = torch.cat([layer.values[..., :start - evicted, :], layer.values.index_select(-2, index)], dim=-2)
         if getattr(layer, "is_sliding", False):
-            raise ValueError("draft trees need full-attention KV cache layers (this model has sliding-window ones)")
-        index = index.to(layer.keys.device)
-        layer.keys = torch.cat([layer.keys[..., :start, :], layer.keys.index_select(-2, index)], dim=-2)
-        layer.values = torch.cat([layer.values[..., :start, :], layer.values.index_select(-2, index)], dim=-2)
+            layer.cumulative_length = start + len(keep)
+            layer.crop(0)
 
 
 # One lm_head call on r rows has a fixed cost (reading the 28M-parameter head) and a small cost per
