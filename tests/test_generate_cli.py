@@ -22,6 +22,8 @@ from mtp.api import DEFAULT_CHECKPOINT
 from mtp.config import read_decoding_defaults, write_decoding_defaults
 from mtp.models import encode_prompt, load_model
 
+pytestmark = pytest.mark.multiprocess  # every test runs `python -m mtp generate` in a subprocess
+
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW = 96
 # One thread: tiny models gain nothing from more, and a busy machine makes extra threads spin.
@@ -97,6 +99,7 @@ def test_prompt_streams_text_and_summary(tiny) -> None:
     assert len(result.stdout.strip()) > 0 and result.stdout.endswith("\n")
 
 
+@pytest.mark.slow
 def test_default_embedded_model() -> None:
     result = mtp_generate("--prompt", "What is 2+2?", "--max-new-tokens", "4", "--json", "--k", "2")
     assert result.returncode == 0, result.stderr
@@ -110,6 +113,7 @@ def test_default_embedded_model() -> None:
     assert record["prompt_tokens"] > 10  # the chat template wrapped the prompt
 
 
+@pytest.mark.slow
 def test_measured_defaults_are_used(tiny, tmp_path) -> None:
     """A checkpoint with a measured entry for this device: no --method/--k/--groups picks it, and says so."""
     model_dir, checkpoint, loaded = tiny
@@ -147,6 +151,7 @@ def test_measured_defaults_are_used(tiny, tmp_path) -> None:
     assert record["lookup"] == 0 and record["token_ids"] == _reference(loaded, prompt, 6)
 
 
+@pytest.mark.slow
 def test_cpu_linear_choice(tiny) -> None:
     """torch's own CPU kernel on request gives the same greedy output; an unknown kernel is refused."""
     model_dir, checkpoint, loaded = tiny
@@ -209,6 +214,7 @@ def test_bad_input_needing_the_model(tiny, tmp_path, case: str) -> None:
     assert result.stdout == ""
 
 
+@pytest.mark.slow
 def test_prompts_file_is_read_verbatim_like_prompt(tmp_path) -> None:
     """Issue 20: --prompts-file stripped each prompt, so a code stub ending in newlines got other tokens
     than --prompt with the same text. Embedded model: the shipped tokenizer and chat template."""
