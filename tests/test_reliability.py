@@ -120,6 +120,7 @@ def check_same_as_baseline(out: Path, baseline_out: Path, expected: dict[str, to
     assert out in adapter.checkpoint_dirs(out.parent)
 
 
+@pytest.mark.slow
 def test_a_failure_at_every_write_or_rename_leaves_a_resumable_run(tmp_path, monkeypatch, baseline):
     baseline_out, expected, ends_of_saves, total = baseline
     for fail_at in range(1, total + 1):
@@ -135,6 +136,8 @@ def test_a_failure_at_every_write_or_rename_leaves_a_resumable_run(tmp_path, mon
         shutil.rmtree(config.out)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess  # forks the run
 def test_a_kill_at_every_write_or_rename_leaves_a_resumable_run(tmp_path, monkeypatch, baseline):
     """The run is forked and the child dies with os._exit at the Nth write/rename: no cleanup code runs."""
     baseline_out, expected, ends_of_saves, total = baseline
