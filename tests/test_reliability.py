@@ -19,14 +19,15 @@ import pytest
 import torch
 
 from mtp import adapter, atomic
-from mtp import train as train_module
+from mtp.train import checkpoint, loop
+from mtp.train import data as train_data
 from mtp.config import CheckpointError
 from mtp.train import LOG_FILE, STATE_DIR, TrainConfig, TrainError, load_sequences, read_log, train
 from tests.train_helpers import tiny_loaded, write_data
 
 STEPS, SAVE_EVERY = 2, 1
 FAULT_POINTS = [(os, "replace"), (os, "mkdir"), (Path, "write_text"), (adapter, "save_file"),
-                (train_module, "save_file"), (torch, "save"), (shutil, "copy2"), (shutil, "rmtree")]
+                (checkpoint, "save_file"), (torch, "save"), (shutil, "copy2"), (shutil, "rmtree")]
 
 
 def run_config(tmp_path: Path, name: str) -> TrainConfig:
@@ -48,12 +49,12 @@ class Faults:
         self.calls, self.fail_at, self.fault, self.ends_of_saves = 0, fail_at, fault, []
         for owner, name in FAULT_POINTS:
             monkeypatch.setattr(owner, name, self._wrap(getattr(owner, name)))
-        save = train_module._save_checkpoint
+        save = loop.save_checkpoint
 
         def counted_save(*args, **kwargs):
             save(*args, **kwargs)
             self.ends_of_saves.append(self.calls)
-        monkeypatch.setattr(train_module, "_save_checkpoint", counted_save)
+        monkeypatch.setattr(loop, "save_checkpoint", counted_save)
 
     def _wrap(self, function):
         def wrapper(*args, **kwargs):
@@ -271,7 +272,7 @@ def test_read_only_out_is_refused_before_anything_loads(tmp_path, monkeypatch):
     out = read_only_dir(tmp_path) / "run"
     if atomic.writable_problem(out) is None:
         pytest.skip("no read-only location on this machine")
-    monkeypatch.setattr(train_module, "load_sequences", lambda *a: pytest.fail("data loaded before the check"))
+    monkeypatch.setattr(train_data, "load_sequences", lambda *a: pytest.fail("data loaded before the check"))
     config = run_config(tmp_path, "x")
     config.out = str(out)
     with pytest.raises(TrainError, match="cannot write the run to .*: cannot write in"):

@@ -90,6 +90,7 @@ def tau_table(entries: list[dict], settings: Settings) -> dict:
 
 
 def mismatches(results: list[dict]) -> list[dict]:
+    """Every decoded run whose greedy output differs from the baseline's, with where it first does."""
     return [{"domain": e["domain"], "source": e["source"], "method": run["method"], "k": run["k"],
              "lookup": run.get("lookup", False), "first_mismatch_at": run["mismatch_at"]}
             for e in results for run in e["runs"] if run["mismatch_at"] is not None]
