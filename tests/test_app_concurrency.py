@@ -17,6 +17,8 @@ from mtp.demo.race import SLOTS
 from tests.app_helpers import ARTIFACTS, ROOT, free_port, start_app, stop_app
 from tests.test_demo import fake_checkpoint
 
+pytestmark = pytest.mark.multiprocess  # the app runs as a server process
+
 PROMPTS = json.loads((ROOT / "assets" / "examples.json").read_text())
 SHIPPED = default_checkpoint()
 CHECKPOINT = str(SHIPPED.relative_to(ROOT)) if SHIPPED else "fresh adapter (untrained)"

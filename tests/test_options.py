@@ -60,6 +60,7 @@ def test_eos_token_ids_is_the_union() -> None:
     assert eos_token_ids(SimpleNamespace(eos_token_id=None), None) == []
 
 
+@pytest.mark.multiprocess  # a fresh interpreter
 def test_options_imports_no_torch() -> None:
     code = "import sys, mtp.options; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
