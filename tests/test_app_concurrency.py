@@ -60,6 +60,7 @@ def comparable(api: str, result: tuple):
     return result[0]["data"], result[1]
 
 
+@pytest.mark.slow
 def test_simultaneous_requests_match_sequential(client):
     sequential = [comparable(api, client.predict(*args, api_name=api)) for api, args in JOBS]
     jobs = [client.submit(*args, api_name=api) for api, args in JOBS]
@@ -97,6 +98,7 @@ def test_a_checkpoint_trained_after_start_can_be_chosen_by_api_clients(server):
     assert table["data"][0][1] == 0
 
 
+@pytest.mark.slow
 def test_two_races_take_turns_on_the_machine(client):
     args = (PROMPTS["code"][1], EMBEDDED_NAME, CHECKPOINT, 2, 6)
     jobs = [client.submit(*args, api_name="/race") for _ in range(2)]
