@@ -13,12 +13,14 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .probe import VIEW_TITLES, LosslessResult, ProbeResult
+from .layouts import tree_positions
 from .trace import Step, Trace
 
 COLORS = {"accepted": "#1b7a36", "rejected": "#c0392b", "bonus": "#1f5fbf"}
 BACKGROUNDS = {"accepted": "#d9f2df", "rejected": "#fbe0dd", "bonus": "#dce7fb"}
-# The race's lanes: the three methods, and the checkpoint's measured default.
-LANE_COLORS = {"autoregressive": "#7f7f7f", "linear": "#ff7f0e", "quadratic": "#1f77b4", "default": "#2ca02c"}
+# The race's lanes: the three methods, quadratic with a draft tree, and the checkpoint's measured default.
+LANE_COLORS = {"autoregressive": "#7f7f7f", "linear": "#ff7f0e", "quadratic": "#1f77b4", "tree": "#9467bd",
+               "default": "#2ca02c"}
 LEGEND = {
     "accepted": "accepted draft",
     "rejected": "rejected draft (never part of the output)",
@@ -95,12 +97,13 @@ def probe_table(probe: ProbeResult) -> pd.DataFrame:
 
 # -- Accepted vs rejected ----------------------------------------------------------------------------
 def step_tokens(step: Step) -> list[tuple[str, int]]:
-    """(kind, id) in display order: accepted drafts, rejected drafts, then the bonus token.
+    """(kind, id) in display order: accepted drafts (a tree: its accepted path), rejected drafts, then the
+    bonus token.
 
     A step cut short by a stop (new_tokens < accepted + 1) shows only what reached the output.
     """
     kept = step.accepted + 1 if step.new_tokens <= 0 else step.new_tokens
-    parts = [("accepted", t) for t in step.drafts[:step.accepted]][:kept]
+    parts = [("accepted", step.drafts[i]) for i in step.accepted_path][:kept]
     parts += [("rejected", t) for t in step.rejected]
     if kept > step.accepted:
         parts.append(("bonus", step.bonus))
@@ -141,7 +144,13 @@ def accept_reject_html(trace: Trace, tokenizer=None, upto_step: int | None = Non
                      f'title="step {number}: {step.accepted}/{len(step.drafts)} drafts{source} accepted" '
                      f'style="border-left:1px dotted #999;margin-left:1px;{underline}">')
         for kind, token in step_tokens(step):
+            if kind == "rejected" and step.parents:
+                continue  # a tree's rejected nodes would be a wall of struck-through text: counted below
             spans.append(f'<span class="mtp-tok mtp-{kind}" style="{_style(kind)}">{_show(decode(token))}</span>')
+        if step.parents:
+            rejected = len(step.rejected)
+            spans.append(f'<sup class="mtp-tree" title="{rejected} rejected nodes of a {len(step.drafts)}-node draft '
+                         f'tree (see the tree view)" style="color:{COLORS["rejected"]}">✗{rejected}</sup>')
         spans.append("</span>")
     looked_up = sum(s.looked_up for s in shown)
     status = (f"step {len(shown)} of {len(trace.steps)} · {len(output_tokens(shown))} tokens · "
@@ -175,8 +184,8 @@ def steps_table(trace: Trace, tokenizer=None) -> pd.DataFrame:
 
 def offset_acceptance_figure(trace: Trace) -> go.Figure:
     """Per-offset acceptance: of the steps that proposed a draft at offset i, the share accepting it."""
-    proposed = [sum(len(s.drafts) >= i for s in trace.steps) for i in range(1, trace.k + 1)]
-    accepted = [sum(len(s.drafts) >= i and s.accepted >= i for s in trace.steps) for i in range(1, trace.k + 1)]
+    proposed = [sum(s.depth >= i for s in trace.steps) for i in range(1, trace.k + 1)]
+    accepted = [sum(s.depth >= i and s.accepted >= i for s in trace.steps) for i in range(1, trace.k + 1)]
     rates = trace.per_offset_acceptance
     fig = go.Figure(go.Bar(
         x=[f"+{i}" for i in range(1, trace.k + 1)], y=rates, marker_color=COLORS["accepted"],
@@ -186,6 +195,74 @@ def offset_acceptance_figure(trace: Trace) -> go.Figure:
     fig.update_layout(title=f"Per-offset acceptance ({trace.method}, k={trace.k})", xaxis_title="draft offset",
                       yaxis=dict(title="accepted ÷ proposed", range=[0, 1.15]), height=320,
                       margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def tree_layout(parents: Sequence[int]) -> list[float]:
+    """A height for each node (-1, the root, last) so that every subtree spans its own band of heights:
+    leaves take consecutive heights in depth-first order, a parent sits at its children's mean."""
+    children: dict[int, list[int]] = {}
+    for node, parent in enumerate(parents):
+        children.setdefault(parent, []).append(node)
+    heights: dict[int, float] = {}
+    leaves = 0
+
+    def place(node: int) -> float:
+        nonlocal leaves
+        below = [place(child) for child in children.get(node, [])]
+        if below:
+            heights[node] = sum(below) / len(below)
+        else:
+            heights[node], leaves = float(leaves), leaves + 1
+        return heights[node]
+
+    place(-1)
+    return [heights[node] for node in range(len(parents))] + [heights[-1]]
+
+
+def tree_figure(step: Step, tokenizer=None, number: int | None = None) -> go.Figure:
+    """One pass's drafts as a tree rooted at the newest verified token: the accepted path in green, the
+    rejected nodes in red, the bonus token in blue after the path's end (a chain is a tree of width 1)."""
+    decode = token_decoder(tokenizer)
+    parents = step.parents or list(range(-1, len(step.drafts) - 1))
+    heights = tree_layout(parents)
+    depths = [1 + d for d in tree_positions(parents)] if parents else []
+    on_path, path_end = set(step.accepted_path), (step.accepted_path or [-1])[-1]
+    fig = go.Figure()
+    for kind in ("rejected", "accepted"):
+        edges_x, edges_y = [], []
+        for node, parent in enumerate(parents):
+            if (node in on_path) == (kind == "accepted"):
+                edges_x += [depths[parent] if parent >= 0 else 0, depths[node], None]
+                edges_y += [heights[parent], heights[node], None]
+        fig.add_trace(go.Scatter(x=edges_x, y=edges_y, mode="lines", hoverinfo="skip", showlegend=False,
+                                 line=dict(color=COLORS[kind], width=3 if kind == "accepted" else 1)))
+    bonus_xy = (depths[path_end] + 1 if path_end >= 0 else 1, heights[path_end])
+    fig.add_trace(go.Scatter(x=[depths[path_end] if path_end >= 0 else 0, bonus_xy[0]], y=[heights[path_end]] * 2,
+                             mode="lines", hoverinfo="skip", showlegend=False,
+                             line=dict(color=COLORS["bonus"], width=3, dash="dot")))
+    nodes = [("root", 0, heights[-1], "▶", "the newest verified token")]
+    nodes += [("accepted" if node in on_path else "rejected", depths[node], heights[node],
+               token_label(decode(token)), f"draft {node}, depth {depths[node]}")
+              for node, token in enumerate(step.drafts)]
+    nodes.append(("bonus", *bonus_xy, token_label(decode(step.bonus)), "the model's own next token"))
+    for kind, name in (("root", "context"), ("accepted", "accepted"), ("rejected", "rejected"), ("bonus", "bonus")):
+        chosen = [n for n in nodes if n[0] == kind]
+        if not chosen:
+            continue
+        color = COLORS.get(kind, "#555")
+        fig.add_trace(go.Scatter(
+            x=[n[1] for n in chosen], y=[n[2] for n in chosen], mode="markers+text", name=name,
+            text=[n[3] for n in chosen], textposition="middle right",
+            customdata=[n[4] for n in chosen], hovertemplate="%{text}: %{customdata}<extra>" + name + "</extra>",
+            marker=dict(size=11 if kind != "rejected" else 8, color=BACKGROUNDS.get(kind, "#eee"),
+                        line=dict(color=color, width=2)),
+            textfont=dict(color=color)))
+    title = (f"Step {number}: " if number else "") + (
+        f"{len(step.drafts)} drafts, {step.accepted} accepted" + (" (a tree)" if step.parents else " (a chain)"))
+    fig.update_layout(title=title, height=max(260, 22 * (max(heights) + 1) + 80), margin=dict(l=10, r=10, t=40, b=10),
+                      xaxis=dict(title="tokens ahead", dtick=1), yaxis=dict(visible=False),
+                      legend=dict(orientation="h", y=-0.15))
     return fig
 
 

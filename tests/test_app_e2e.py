@@ -84,6 +84,15 @@ def test_accepted_vs_rejected(page: Page):
     set_number(page, "#gen-step", 1)  # replay: only the first pass (the prefill: one bonus token)
     wait_text(page, "#gen-html .mtp-status", rf"step 1 of {steps} · 1 tokens")
     assert output.locator(".mtp-tok").count() == 1 and output.locator(".mtp-bonus").count() == 1
+    # A draft tree: each step's rejected nodes are counted, not struck through; the step's tree is drawn.
+    set_number(page, "#gen-tree", 16)
+    page.click("#gen-run")
+    wait_text(page, "#gen-html .mtp-status", r"step (\d+) of \1 ")
+    assert output.locator(".mtp-tree").count() >= 1 and output.locator(".mtp-rejected").count() == 0
+    assert output.locator(".mtp-accepted").count() + output.locator(".mtp-bonus").count() == MAX_NEW
+    page.wait_for_selector("#gen-tree-plot .scatterlayer .trace", state="attached")
+    assert "(a tree)" in page.inner_text("#gen-tree-plot")
+    shot(page, "tree")
 
 
 def test_race_lanes_identical_with_their_settings(page: Page):
@@ -98,12 +107,15 @@ def test_race_lanes_identical_with_their_settings(page: Page):
     labels = {slot: page.inner_text(f"#race-text-{slot} [data-testid=block-info]") for slot in SLOTS}
     assert f"k = {K}" in labels["linear"] and f"{K + 1} mask groups" in labels["quadratic"]
     assert re.search(r"measured default: quadratic · k = \d · \d mask group", labels["default"])
+    assert f"a draft tree of up to {4 * K} nodes" in labels["tree"] and f"{K + 1} mask groups" in labels["tree"]
     assert page.locator("#race-plot .scatterlayer .trace").count() == len(SLOTS)
     table = table_rows(page, "#race-table")
-    assert [row[0] for row in table] == ["autoregressive", "linear", "quadratic, the paper's layout", "measured default"]
-    assert [row[3] for row in table] == ["autoregressive", "linear", "quadratic", "quadratic"]
-    assert [row[5] for row in table] == [str(MAX_NEW)] * 4  # new tokens
-    assert table[0][6] == str(MAX_NEW)  # autoregressive: one forward pass per token
+    assert [row[0] for row in table] == ["autoregressive", "linear", "quadratic, the paper's layout",
+                                         "quadratic with a draft tree", "measured default"]
+    assert [row[3] for row in table] == ["–", "–", "–", str(4 * K), "–"]  # the tree column
+    assert [row[4] for row in table] == ["autoregressive", "linear", "quadratic", "quadratic", "quadratic"]
+    assert [row[6] for row in table] == [str(MAX_NEW)] * len(SLOTS)  # new tokens
+    assert table[0][7] == str(MAX_NEW)  # autoregressive: one forward pass per token
     # Why it is faster: predicted lines on two panels, the race's measured points as stars.
     page.wait_for_selector("#race-speed .scatterlayer .trace", state="attached")
     assert page.locator("#race-speed .infolayer .g-gtitle, #race-speed .annotation").count() >= 2

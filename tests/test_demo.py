@@ -20,7 +20,7 @@ from mtp.demo.store import FRESH, ModelStore, checkpoint_choices
 from mtp.models import EMBEDDED_NAME
 from tests.app_helpers import autoregressive_trace, recorded_trace
 
-MEASURED = DecodingSettings("quadratic", 4, 1, 10, "measured on AMD EPYC (2026-11-26)")
+MEASURED = DecodingSettings("quadratic", 4, 1, 10, 0, "measured on AMD EPYC (2026-11-26)")
 
 
 def fake_checkpoint(folder: Path) -> Path:
@@ -72,16 +72,20 @@ def test_user_errors_are_one_log_line(caplog):
 def test_race_lanes_name_their_settings():
     lanes = race.race_lanes(4, MEASURED)
     assert [lane.slot for lane in lanes] == list(race.SLOTS)
-    auto, linear, paper, default = lanes
-    assert (paper.method, paper.k, paper.groups, paper.lookup) == ("quadratic", 4, 5, 0)
+    auto, linear, paper, tree, default = lanes
+    assert (paper.method, paper.k, paper.groups, paper.lookup, paper.tree_budget) == ("quadratic", 4, 5, 0, 0)
+    assert (tree.method, tree.k, tree.groups, tree.lookup, tree.tree_budget) == ("quadratic", 4, 5, 0, 16)
+    assert "a draft tree of up to 16 nodes" in tree.settings and "tree" not in paper.settings
     assert (default.method, default.k, default.groups, default.lookup) == ("quadratic", 4, 1, 10)
     assert "5 mask groups (all k+1)" in paper.settings and "no lookup" in paper.settings
     assert "1 mask group " in default.settings + " " and "up to 10 lookup drafts" in default.settings
     assert "k = 4" in linear.settings and "drafts" in auto.settings
-    assert default.details() == {"lane": "measured default", "groups": "1", "lookup": 10}
-    # Without measured defaults (or when they equal a lane) there is no fourth lane.
-    assert len(race.race_lanes(4, DecodingSettings("quadratic", 4, None, 0, BUILT_IN))) == 3
-    assert len(race.race_lanes(4, MEASURED._replace(groups=5, lookup=0))) == 3
+    assert default.details() == {"lane": "measured default", "groups": "1", "lookup": 10, "tree": "–"}
+    # Without measured defaults (or when they equal a lane) there is no default lane.
+    assert len(race.race_lanes(4, DecodingSettings("quadratic", 4, None, 0, 0, BUILT_IN))) == 4
+    assert len(race.race_lanes(4, MEASURED._replace(groups=5, lookup=0))) == 4
+    assert len(race.race_lanes(4, MEASURED._replace(groups=5, lookup=0, tree_budget=16))) == 4
+    assert race.race_lanes(4, MEASURED._replace(tree_budget=8))[-1].details()["tree"] == 8
 
 
 def test_machine_serialises_races_and_sees_other_requests():
@@ -136,6 +140,10 @@ def test_predicted_lines_pick_each_lanes_layout():
     assert speed._pick(candidates, speed.LineSpec("paper", "quadratic", None, 0)) == [(1, 62), (2, 73)]
     assert speed._pick(candidates, speed.LineSpec("default", "quadratic", 1, 10)) == [(1, 71), (2, 81)]
     assert speed._pick(candidates, speed.LineSpec("linear", "linear", None, 0)) == [(1, 41), (2, 42)]
+    trees = [{**c, "tree_budget": 8, "predicted_tokens_per_second": c["predicted_tokens_per_second"] + 100}
+             for c in candidates if c["method"] == "quadratic"]
+    assert speed._pick(candidates + trees, speed.LineSpec("tree", "quadratic", None, 0, 8)) == [(1, 162), (2, 173)]
+    assert speed._pick(candidates + trees, speed.LineSpec("paper", "quadratic", None, 0)) == [(1, 62), (2, 73)]
 
 
 def test_measured_cost_curve_is_the_committed_one_for_the_embedded_model():

@@ -89,6 +89,19 @@ def test_prompts_file_json_contract(tiny, tmp_path) -> None:
     assert records[0]["category"] == "chat"
 
 
+def test_tree_budget_decodes_the_same_tokens(tiny, tmp_path) -> None:
+    """--tree-budget drafts trees: the JSON says so, the tokens are generate's, the summary names it."""
+    model_dir, checkpoint, loaded = tiny
+    common = ("--model", str(model_dir), "--checkpoint", str(checkpoint), "--max-new-tokens", "10", "--k", "3")
+    result = mtp_generate("--prompt", "Count to five.", *common, "--method", "quadratic", "--groups", "2",
+                          "--tree-budget", "12", "--json")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["tree_budget"] == 12 and record["token_ids"] == _reference(loaded, "Count to five.", 10)
+    result = mtp_generate("--prompt", "Count to five.", *common, "--method", "linear", "--tree-budget", "12")
+    assert result.returncode == 0 and " tree=12: 10 tokens in " in result.stderr.splitlines()[-1], result.stderr
+
+
 def test_prompt_streams_text_and_summary(tiny) -> None:
     model_dir, checkpoint, loaded = tiny
     result = mtp_generate("--prompt", "Name a colour.", "--model", str(model_dir), "--checkpoint", str(checkpoint),
@@ -180,6 +193,8 @@ def test_cpu_linear_choice(tiny) -> None:
     (["--prompt", "x", "--temperature", "inf"], "--temperature must be a finite number"),
     (["--prompt", "x", "--top-p", "nan"], "--top-p must be a finite number"),
     (["--prompt", "x", "--top-k", "0"], "--top-k must be at least 1"),
+    (["--prompt", "x", "--tree-budget", "300"], "--tree-budget must be between 0 and 256"),
+    (["--prompt", "x", "--method", "autoregressive", "--tree-budget", "8"], "--tree-budget needs a drafting method"),
 ])
 def test_bad_input_before_loading(args: list[str], message: str) -> None:
     result = mtp_generate(*args)

@@ -113,6 +113,47 @@ def test_offset_acceptance_figure():
     assert list(bar.text) == ["3/3", "2/3", "1/3"]
 
 
+def tree_trace() -> Trace:
+    """A prefill, then one tree pass: t0 → {10, 11}, 10 → {12, 13}, 12 → {14}; accepted path 10, 12 (then
+    the bonus 15, where 14 was drafted)."""
+    tree = Step([10, 11, 12, 13, 14], 2, 15, 0.1, 9, 3, parents=[-1, -1, 0, 0, 2], path=[0, 2])
+    return Trace(method="quadratic", k=3, prompt_ids=[1], token_ids=[20, 10, 12, 15], tree_budget=5,
+                 steps=[Step([], 0, 20, 0.2, 1, 1), tree])
+
+
+def test_tree_step_shows_its_path_and_counts_the_rest():
+    trace, tok = tree_trace(), LetterTokenizer()
+    assert viz.step_tokens(trace.steps[1]) == [("accepted", 10), ("accepted", 12), ("rejected", 11),
+                                               ("rejected", 13), ("rejected", 14), ("bonus", 15)]
+    assert viz.output_tokens(trace.steps) == trace.token_ids
+    page = viz.accept_reject_html(trace, tok)
+    assert spans(page, "accepted") == [tok.decode([10]), tok.decode([12])] and spans(page, "rejected") == []
+    badge = next(e for e in elements(page) if "mtp-tree" in e.classes)
+    assert badge.text == "✗3" and "5-node draft tree" in badge.attrs["title"]
+    assert status_numbers(page) == [2, 2, 4, 2, 5]
+    fig = viz.offset_acceptance_figure(trace)  # offsets by depth: 3 deep, not 5 wide
+    assert list(fig.data[0].text) == ["1/1", "1/1", "0/1"]
+
+
+def test_tree_layout_gives_each_subtree_its_own_band():
+    heights = viz.tree_layout([-1, -1, 0, 0, 2])  # nodes 0..4, then the root
+    assert heights[2] == heights[4] == 0.0 and heights[3] == 1.0 and heights[1] == 2.0
+    assert heights[0] == 0.5 and heights[5] == 1.25  # parents at their children's mean
+    assert viz.tree_layout([-1, 0, 1]) == [0.0] * 4  # a chain is a straight line
+
+
+def test_tree_figure_colours_path_rejections_and_bonus():
+    trace, tok = tree_trace(), LetterTokenizer()
+    fig = viz.tree_figure(trace.steps[1], tok, 2)
+    nodes = {t.name: t for t in fig.data if t.mode == "markers+text"}
+    assert list(nodes["accepted"].x) == [1, 2] and list(nodes["rejected"].x) == [1, 2, 3]
+    assert list(nodes["bonus"].x) == [3] and list(nodes["bonus"].text) == [viz.token_label(tok.decode([15]))]
+    assert list(nodes["context"].x) == [0]
+    assert fig.layout.title.text == "Step 2: 5 drafts, 2 accepted (a tree)"
+    chain = viz.tree_figure(Step([10, 11], 1, 15, 0.1, 4, 2), tok)
+    assert "(a chain)" in chain.layout.title.text and set(next(t for t in chain.data if t.name == "bonus").y) == {0.0}
+
+
 def test_race_points_and_figure():
     trace = recorded_trace()
     points = viz.trace_points(trace)

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lookup", type=int, default=None, metavar="N",
                         help="linear/quadratic: up to N prompt-lookup drafts replace the masks' drafts when the "
                              "text's last words occurred before; 0 = off (default: the measured best, else off)")
+    parser.add_argument("--tree-budget", type=int, default=None, metavar="N",
+                        help="linear/quadratic: verify a tree of up to N of the masks' candidates per pass instead "
+                             "of one chain; 0 = a chain (default: the measured best, else 0)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-k", type=int, default=None)
@@ -54,7 +57,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise UsageError("the prompt is empty")
     try:
         check_decoding(method=args.method, k=args.k, groups=args.groups, lookup=args.lookup,
-                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                       tree_budget=args.tree_budget, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                        max_new_tokens=args.max_new_tokens, spell=cli_flag)
     except OptionError as error:
         raise UsageError(str(error)) from None
@@ -114,14 +117,15 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = chosen_checkpoint(args.model, args.checkpoint)
     try:
         model, tokenizer = load_mtp(args.model, checkpoint, k=args.k or 8, cpu_linear=args.cpu_linear)
-        method, k, groups, lookup, source = decoding_settings(model, checkpoint, args.method, args.k, args.groups,
-                                                              args.lookup)
+        method, k, groups, lookup, tree_budget, source = decoding_settings(
+            model, checkpoint, args.method, args.k, args.groups, args.lookup, args.tree_budget)
     except (CheckpointError, ModelSourceError) as error:
         raise UsageError(str(error)) from None
     if checkpoint is None:
         log.warning("no checkpoint: a fresh, untrained adapter drafts (output stays exact, drafts are poor)")
     try:  # the settings as completed from the checkpoint's measured defaults
-        check_decoding(method=method, k=k, max_k=model.k, groups=groups, lookup=lookup, spell=cli_flag)
+        check_decoding(method=method, k=k, max_k=model.k, groups=groups, lookup=lookup, tree_budget=tree_budget,
+                       spell=cli_flag)
     except OptionError as error:
         raise UsageError(f"{error} (the checkpoint's k is {model.k}; settings: {source})") from None
     window = getattr(model.base.config, "max_position_embeddings", None)
@@ -140,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         trace = generate(model, ids, method=method, k=k, max_new_tokens=max_new,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                          eos_token_ids=eos_ids, tokenizer=tokenizer, groups=groups, on_chunk=streamer,
-                         lookup=lookup)
+                         lookup=lookup, tree_budget=tree_budget)
         metrics = trace.metrics()
         if args.json:
             record = {**passthrough, "text": trace.text, "token_ids": trace.token_ids, **metrics,
@@ -148,12 +152,13 @@ def run(args: argparse.Namespace) -> int:
             if method == "quadratic":
                 record["groups"] = groups or k + 1
             if method != "autoregressive":
-                record["lookup"] = lookup
+                record["lookup"], record["tree_budget"] = lookup, tree_budget
             print(json.dumps(record), flush=True)
         else:
             streamer.finish(trace.text)
             print(f"{method} k={trace.k}{'' if groups is None else f' groups={groups}'}"
-                  f"{f' lookup={lookup}' if lookup else ''}: {trace.new_tokens} tokens "
+                  f"{f' lookup={lookup}' if lookup else ''}{f' tree={tree_budget}' if tree_budget else ''}: "
+                  f"{trace.new_tokens} tokens "
                   f"in {trace.forward_passes} passes (τ {trace.tokens_per_step:.2f}, draft acceptance "
                   f"{trace.draft_acceptance_rate:.2f}), {trace.seconds:.2f} s, {trace.tokens_per_second:.1f} tokens/s, "
                   f"stop: {trace.stop_reason}" + ("" if source == EXPLICIT else f"; defaults: {source}"),

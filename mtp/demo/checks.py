@@ -27,6 +27,8 @@ MAX_NEW_TOKENS = 256
 MAX_TOP_N = 10
 MAX_TEMPERATURE = 2.0
 MAX_SEED = 2**31 - 1
+MAX_TREE_NODES = 64  # draft-tree nodes per pass the Accepted vs rejected tab offers (EAGLE-2 uses 60)
+LOOKUP_DRAFTS = 10  # prompt-lookup drafts per pass when the visitor mixes them in and nothing was measured
 USER_ERRORS = (ValueError, CheckpointError, ModelSourceError)  # OptionError is a ValueError
 
 

@@ -17,7 +17,7 @@ from ..decoding import generate
 from ..options import check_decoding, eos_token_ids
 from ..probe import future_probe, lossless_check
 from ..trace import Trace
-from .checks import MAX_NEW_TOKENS, MAX_SEED, MAX_TOP_N, check_int, check_prompt, check_temperature, friendly
+from .checks import LOOKUP_DRAFTS, MAX_NEW_TOKENS, MAX_SEED, MAX_TOP_N, MAX_TREE_NODES, check_int, check_prompt, check_temperature, friendly
 from .race import Machine, Race, race_lanes
 from .speed import measured_cost_curve
 from .store import FRESH, ModelStore, checkpoint_choices, checkpoint_path
@@ -67,7 +67,7 @@ class Demo:
 
     def settings(self, model: MTPModel, checkpoint: str, method: str | None = None,
                  k: int | None = None) -> DecodingSettings:
-        """(method, k, groups, lookup, source) from the same resolver as `mtp generate` (measured defaults first)."""
+        """(method, k, groups, lookup, tree_budget, source) from the same resolver as `mtp generate` (measured defaults first)."""
         return decoding_settings(model, None if checkpoint == FRESH else checkpoint_path(checkpoint), method, k)
 
     def status(self, model_name: str, checkpoint: str) -> str:
@@ -123,32 +123,45 @@ class Demo:
 
     # -- Accepted vs rejected ----------------------------------------------------------------------------
     @friendly
-    def generate(self, prompt, model_name, checkpoint, method, k, temperature, max_new_tokens, seed):
+    def generate(self, prompt, model_name, checkpoint, method, k, temperature, max_new_tokens, seed,
+                 lookup_drafts=False, tree_budget=0):
+        """lookup_drafts: mix in prompt-lookup drafts (off by default: this tab shows the masks' own drafts);
+        tree_budget: nodes of a draft tree per pass (0: a chain)."""
         model, tokenizer, ids, k = self.request(prompt, model_name, checkpoint, k)
         check_decoding(method=method)
         max_new_tokens = check_int(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS)
         temperature = check_temperature(temperature)
         seed = check_int(seed, "seed", 0, MAX_SEED)
+        tree_budget = check_int(tree_budget, "draft tree nodes", 0, MAX_TREE_NODES) if method != "autoregressive" else 0
         chosen = self.settings(model, checkpoint, method, k)
+        lookup = (chosen.lookup or LOOKUP_DRAFTS) if lookup_drafts and method != "autoregressive" else 0
         with self.machine.busy():
             trace = generate(model, ids, method=method, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
                              seed=seed, eos_token_ids=eos_token_ids(tokenizer, model.base.generation_config),
-                             tokenizer=tokenizer, groups=chosen.groups, lookup=chosen.lookup)
+                             tokenizer=tokenizer, groups=chosen.groups, lookup=lookup, tree_budget=tree_budget)
         texts = token_texts(tokenizer, [t for s in trace.steps for t in s.drafts + [s.bonus]])
         state = {"trace": dataclasses.asdict(trace), "texts": {str(t): s for t, s in texts.items()}}
         steps = len(trace.steps)
         return (viz.accept_reject_html(trace, texts), gr.update(maximum=max(steps, 1), value=steps),
                 viz.steps_table(trace, texts), viz.offset_acceptance_figure(trace), viz.trace_markdown(trace),
-                json.dumps(state))
+                json.dumps(state), self._step_tree(trace, texts, steps))
 
     @friendly
     def replay(self, state: str, step):
         if not state:
-            return "<i>Generate first, then drag the slider to replay.</i>"
+            return "<i>Generate first, then drag the slider to replay.</i>", None
         data = json.loads(state)
         trace = Trace.from_dict(data["trace"])
         texts = {int(t): s for t, s in data["texts"].items()}
-        return viz.accept_reject_html(trace, texts, upto_step=int(step))
+        step = int(step)
+        return viz.accept_reject_html(trace, texts, upto_step=step), self._step_tree(trace, texts, step)
+
+    @staticmethod
+    def _step_tree(trace: Trace, texts: dict[int, str], step: int):
+        """The drafts that step `step` (1-based) verified, drawn as a tree; the last step with drafts
+        at or before it when it had none."""
+        drafted = [number for number in range(1, min(step, len(trace.steps)) + 1) if trace.steps[number - 1].drafts]
+        return viz.tree_figure(trace.steps[drafted[-1] - 1], texts, drafted[-1]) if drafted else None
 
     # -- Race --------------------------------------------------------------------------------------------
     @friendly

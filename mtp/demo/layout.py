@@ -7,7 +7,7 @@ import json
 import gradio as gr
 
 from ..options import METHODS
-from .checks import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_TEMPERATURE, MAX_TOP_N, quiet_refusals
+from .checks import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_TEMPERATURE, MAX_TOP_N, MAX_TREE_NODES, quiet_refusals
 from .handlers import Demo
 from .race import SLOTS
 from .store import FRESH, FRESH_K, ROOT
@@ -58,11 +58,17 @@ def build(demo_state: Demo, default_model: str, default_checkpoint: str) -> gr.B
                 probe_table = gr.Dataframe(label="Where the greedy token ranks", elem_id="probe-table")
             with gr.Tab("Accepted vs rejected", id="accept"):
                 gr.Markdown(EXPLAIN["accept"])
+                with gr.Row():
+                    gen_tree = gr.Slider(0, MAX_TREE_NODES, value=0, step=1, elem_id="gen-tree",
+                                         label="Draft tree: nodes per pass (0 = one chain, the paper's drafts)")
+                    gen_lookup = gr.Checkbox(False, label="Mix in prompt-lookup drafts (copies from the prompt)",
+                                             elem_id="gen-lookup")
                 gen_button = gr.Button("Generate", variant="primary", elem_id="gen-run")
                 gen_metrics = gr.Markdown(elem_id="gen-metrics")
                 gen_step = gr.Slider(0, 1, value=0, step=1, label="Replay up to step", elem_id="gen-step")
                 gen_html = gr.HTML(elem_id="gen-html")
                 with gr.Row():
+                    gen_tree_plot = gr.Plot(label="The drafts this step verified", elem_id="gen-tree-plot")
                     gen_chart = gr.Plot(label="Per-offset acceptance", elem_id="gen-chart")
                 gen_table = gr.Dataframe(label="Every forward pass", elem_id="gen-table", wrap=True)
                 gen_state = gr.Textbox(visible=False)
@@ -110,9 +116,11 @@ def build(demo_state: Demo, default_model: str, default_checkpoint: str) -> gr.B
         page.load(demo_state.select, [model_name, checkpoint], [k, method, status])
         probe_button.click(demo_state.probe, [prompt, *settings, k, top_n], [probe_plot, probe_table, probe_summary],
                            api_name="probe")
-        gen_button.click(demo_state.generate, [prompt, *settings, method, k, temperature, max_new, seed],
-                         [gen_html, gen_step, gen_table, gen_chart, gen_metrics, gen_state], api_name="generate")
-        gen_step.change(demo_state.replay, [gen_state, gen_step], [gen_html], api_name="replay",
+        gen_button.click(demo_state.generate, [prompt, *settings, method, k, temperature, max_new, seed, gen_lookup,
+                                               gen_tree],
+                         [gen_html, gen_step, gen_table, gen_chart, gen_metrics, gen_state, gen_tree_plot],
+                         api_name="generate")
+        gen_step.change(demo_state.replay, [gen_state, gen_step], [gen_html, gen_tree_plot], api_name="replay",
                         concurrency_limit=None, trigger_mode="always_last", show_progress="hidden")
         # Races queue on the machine inside the handler (visible as "waiting for the machine"); the
         # progress overlay is hidden so the page draws nothing while the lanes are timed.

@@ -22,7 +22,7 @@ from ..decoding import generate
 from ..trace import Trace
 from . import speed
 
-SLOTS = ("autoregressive", "linear", "quadratic", "default")  # the page's lane columns
+SLOTS = ("autoregressive", "linear", "quadratic", "tree", "default")  # the page's lane columns
 WARM_UP_TOKENS = 4  # each lane decodes this much before it is timed: kernels and caches warm alike
 REPLAY_FRAME_SECONDS = 0.1
 
@@ -35,6 +35,7 @@ class Lane:
     k: int
     groups: int | None = None  # quadratic mask groups (None: k+1, the paper's layout)
     lookup: int = 0  # prompt-lookup drafts per pass
+    tree_budget: int = 0  # draft-tree nodes per pass (0: a chain)
 
     @property
     def settings(self) -> str:
@@ -46,6 +47,8 @@ class Lane:
         if self.method == "quadratic":
             groups = self.groups or self.k + 1
             parts.append(f"{groups} mask group{'s' if groups > 1 else ''}" + (" (all k+1)" if groups == self.k + 1 else ""))
+        if self.tree_budget:
+            parts.append(f"a draft tree of up to {self.tree_budget} nodes")
         parts.append(f"up to {self.lookup} lookup drafts" if self.lookup else "no lookup drafts")
         return " · ".join(parts)
 
@@ -53,7 +56,7 @@ class Lane:
     def decoding(self) -> tuple:
         """What decodes: lanes with equal tuples decode the same way."""
         groups = (self.groups or self.k + 1) if self.method == "quadratic" else None
-        return self.method, self.k, groups, self.lookup
+        return self.method, self.k, groups, self.lookup, self.tree_budget
 
     @property
     def label(self) -> str:
@@ -62,17 +65,25 @@ class Lane:
     def details(self) -> dict:
         """The lane's settings as table columns."""
         return {"lane": self.title, "groups": str(self.groups or self.k + 1) if self.method == "quadratic" else "–",
-                "lookup": self.lookup}
+                "lookup": self.lookup, "tree": self.tree_budget or "–"}
+
+
+def tree_lane_budget(k: int) -> int:
+    """The tree lane's node budget: four candidates per draft position."""
+    return 4 * k
 
 
 def race_lanes(k: int, measured: DecodingSettings) -> list[Lane]:
-    """Autoregressive, linear, the paper's quadratic layout and, when the checkpoint has one that differs
-    from those, its measured default for this device — all at the same k."""
+    """Autoregressive, linear, the paper's quadratic layout, the same layout verifying a draft tree and,
+    when the checkpoint has one that differs from those, its measured default for this device — all at
+    the same k."""
     lanes = [Lane("autoregressive", "autoregressive", "autoregressive", k),
              Lane("linear", "linear", "linear", k),
-             Lane("quadratic", "quadratic, the paper's layout", "quadratic", k, k + 1)]
+             Lane("quadratic", "quadratic, the paper's layout", "quadratic", k, k + 1),
+             Lane("tree", "quadratic with a draft tree", "quadratic", k, k + 1, 0, tree_lane_budget(k))]
     if measured.source not in (BUILT_IN, EXPLICIT):
-        default = Lane("default", "measured default", measured.method, measured.k, measured.groups, measured.lookup)
+        default = Lane("default", "measured default", measured.method, measured.k, measured.groups, measured.lookup,
+                       measured.tree_budget)
         if all(lane.decoding != default.decoding for lane in lanes):
             lanes.append(default)
     return lanes
@@ -155,7 +166,8 @@ class Race:
 
     def _decode(self, lane: Lane, max_new_tokens: int) -> Trace:
         return generate(self.model, self.prompt_ids, method=lane.method, k=lane.k, groups=lane.groups,
-                        lookup=lane.lookup, max_new_tokens=max_new_tokens, eos_token_ids=self.eos,
+                        lookup=lane.lookup, tree_budget=lane.tree_budget, max_new_tokens=max_new_tokens,
+                        eos_token_ids=self.eos,
                         tokenizer=self.tokenizer)
 
     def run(self) -> Iterator[tuple]:
@@ -217,7 +229,7 @@ class Race:
         if self.cost is None:
             return None
         lanes = [self.lanes[slot] for slot in traces if slot != "autoregressive"]
-        lines = [speed.LineSpec(lane.title, lane.method, lane.groups, lane.lookup) for lane in lanes]
+        lines = [speed.LineSpec(lane.title, lane.method, lane.groups, lane.lookup, lane.tree_budget) for lane in lanes]
         panels = speed.predicted_lines(self.model, self.prompt_ids, traces["autoregressive"].token_ids, self.cost,
                                        lines)
         if not panels:

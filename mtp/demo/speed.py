@@ -33,6 +33,7 @@ class LineSpec:
     method: str
     groups: int | None
     lookup: int
+    tree_budget: int = 0  # a line exists only where the cost curve priced trees of this budget
 
 
 def measured_cost_curve(model_name: str, path: Path = COST_CURVE_FILE) -> CostCurve | None:
@@ -67,7 +68,7 @@ def _pick(candidates: list[dict], line: LineSpec) -> list[tuple[int, float]]:
     """(k, predicted tokens/s) of one line, by k."""
     points = []
     for c in candidates:
-        if c["method"] != line.method or c["lookup"] != line.lookup or c.get("tree_budget", 0):
+        if c["method"] != line.method or c["lookup"] != line.lookup or c.get("tree_budget", 0) != line.tree_budget:
             continue
         groups = None if line.groups is None or line.groups > c["k"] + 1 else line.groups
         if line.method == "quadratic" and c["groups"] != (groups or c["k"] + 1):

@@ -18,10 +18,16 @@ which chains the guesses (each conditioned on the one before) so they form a coh
 next-token choices: the longest matching prefix is **accepted** (green), the rest **rejected** (red, struck
 through, never part of the output), and the model's own token after the accepted ones comes for free as the
 **bonus** (blue). *Linear* drafts again only after a pass that accepted everything; *quadratic* appends a
-mask group after every draft so fresh drafts survive any rejection. Drag the slider to replay step by step.""",
-    "race": """**What you see.** The same prompt decoded greedily in four lanes: *autoregressive* (one forward
-pass per token), *linear*, the paper's *quadratic* layout (a mask group after every draft, so fresh drafts
-survive any rejection) and the checkpoint's *measured default* for this device (often fewer mask groups plus
+mask group after every draft so fresh drafts survive any rejection. Drag the slider to replay step by step.
+**Draft trees:** with a node budget, each pass verifies a tree of the masks' top candidates instead of one
+chain — when the top guess at some depth is wrong, a sibling often is right, so the accepted path goes
+deeper. The plot draws the tree of the step you replay to: the accepted path in green, rejected branches in
+red, the bonus token in blue. This tab shows the masks' own drafts; prompt-lookup drafts (copies of earlier
+text) are a toggle.""",
+    "race": """**What you see.** The same prompt decoded greedily in up to five lanes: *autoregressive* (one
+forward pass per token), *linear*, the paper's *quadratic* layout (a mask group after every draft, so fresh
+drafts survive any rejection), the same layout verifying a *draft tree* of the masks' top candidates (a
+wrong top guess is often rescued by a sibling) and the checkpoint's *measured default* for this device (often fewer mask groups plus
 prompt-lookup drafts: cheaper passes on a small CPU). Each lane names its settings. **The lanes are timed
 first**, one after another at full speed with nothing drawn in the page, so your browser never competes
 with the measurement; then they are **replayed side by side at their true pace**. One race runs at a time:
