@@ -56,6 +56,7 @@ def _acceptance_model():
     return tiny_mtp("llama", seed=3, k=6, vocab=6, lora_std=0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_sampler", [True, False])
 def test_replay_equals_decoding(use_sampler: bool) -> None:
     model = _acceptance_model()

@@ -78,6 +78,7 @@ def test_gate_slices_a_mask_suffix_and_gathers_otherwise(tiny_family, monkeypatc
     assert not torch.equal(sliced, model(*args, gate=False).hidden)
 
 
+@pytest.mark.slow
 def test_smollm2_lossless(smollm2):
     model = adapter.create(smollm2.model, smollm2.identity, k=4, lora_rank=8)
     randomize_lora(model, std=0.05)

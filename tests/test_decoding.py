@@ -330,6 +330,7 @@ SMOL_PROMPTS = ["What is 17 times 23? Explain step by step.",
                 "Give three tips for staying focused while studying."]
 
 
+@pytest.mark.slow
 def test_greedy_identity_smollm2() -> None:
     """Real model, real prompts: the shipped checkpoint if present, else a fresh adapter (+ oracle drafts
     so that accepted drafts and their KV cache are exercised on the real model either way)."""

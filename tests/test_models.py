@@ -154,6 +154,7 @@ def test_set_cpu_linear_round_trip_keeps_weights_and_outputs(tiny_family):
         models.set_cpu_linear(model, "mkl")
 
 
+@pytest.mark.slow
 def test_load_model_runs_onednn_on_cpu_by_default(smollm2):
     assert torch.backends.mkldnn.is_available()  # the CPU builds we ship for have it
     assert models.cpu_linear_of(smollm2.model) == "onednn"
@@ -187,6 +188,7 @@ def _gguf_with_architecture(path, architecture: str):
     return path
 
 
+@pytest.mark.slow
 def test_gguf_file_and_directory_load_like_the_embedded_model(smollm2, tmp_path, monkeypatch):
     """A user's .gguf (here a link to the embedded file) is de-quantized once into the cache, keyed by
     its hash; a directory holding it resolves to the same cached copy."""
