@@ -89,6 +89,7 @@ def test_prompts_file_json_contract(tiny, tmp_path) -> None:
     assert records[0]["category"] == "chat"
 
 
+@pytest.mark.slow
 def test_tree_budget_decodes_the_same_tokens(tiny, tmp_path) -> None:
     """--tree-budget drafts trees: the JSON says so, the tokens are generate's, the summary names it."""
     model_dir, checkpoint, loaded = tiny
