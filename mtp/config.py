@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .atomic import write_text as write_atomic  # noqa: F401  (the engine's one atomic file write; bench imports it here)
+from .atomic import write_text as write_atomic
 from .models import BaseIdentity
 from .options import check_finite, check_int
 

@@ -81,7 +81,7 @@ def markdown(report: dict) -> str:
     if "prompt_lookup" in settings["methods"]:
         parts += ["", "Prompt lookup τ: " + ", ".join(
             f"{d} {_fmt(summary[d]['runs']['prompt_lookup']['tokens_per_step'])}" for d in domains)]
-    parts += ["", "Paper (Tulu3-8B, quadratic + sampler + LCM, DESIGN §6), for comparison:", "",
+    parts += ["", "Paper (Tulu3-8B, quadratic + sampler + LCM, docs/design.md §6), for comparison:", "",
               _table(["benchmark"] + [f"k={k}" for k in PAPER_K],
                      [[name] + [f"{v:.2f}" for v in values] for name, values in PAPER_TAU.items()])]
     if settings.get("tau_table_k"):
