@@ -237,8 +237,9 @@ def tree_figure(step: Step, tokenizer=None, number: int | None = None) -> go.Fig
                 edges_y += [heights[parent], heights[node], None]
         fig.add_trace(go.Scatter(x=edges_x, y=edges_y, mode="lines", hoverinfo="skip", showlegend=False,
                                  line=dict(color=COLORS[kind], width=3 if kind == "accepted" else 1)))
-    bonus_xy = (depths[path_end] + 1 if path_end >= 0 else 1, heights[path_end])
-    fig.add_trace(go.Scatter(x=[depths[path_end] if path_end >= 0 else 0, bonus_xy[0]], y=[heights[path_end]] * 2,
+    # The bonus gets a row of its own below the tree: at the path's height it would cover a sibling.
+    bonus_xy = (depths[path_end] + 1 if path_end >= 0 else 1, -1.0)
+    fig.add_trace(go.Scatter(x=[depths[path_end] if path_end >= 0 else 0, bonus_xy[0]], y=[heights[path_end], bonus_xy[1]],
                              mode="lines", hoverinfo="skip", showlegend=False,
                              line=dict(color=COLORS["bonus"], width=3, dash="dot")))
     nodes = [("root", 0, heights[-1], "▶", "the newest verified token")]
@@ -260,9 +261,9 @@ def tree_figure(step: Step, tokenizer=None, number: int | None = None) -> go.Fig
             textfont=dict(color=color)))
     title = (f"Step {number}: " if number else "") + (
         f"{len(step.drafts)} drafts, {step.accepted} accepted" + (" (a tree)" if step.parents else " (a chain)"))
-    fig.update_layout(title=title, height=max(260, 22 * (max(heights) + 1) + 80), margin=dict(l=10, r=10, t=40, b=10),
+    fig.update_layout(title=title, height=max(280, 22 * (max(heights) + 2) + 110), margin=dict(l=10, r=10, t=40, b=10),
                       xaxis=dict(title="tokens ahead", dtick=1), yaxis=dict(visible=False),
-                      legend=dict(orientation="h", y=-0.15))
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.0, yanchor="bottom"))
     return fig
 
 

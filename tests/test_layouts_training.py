@@ -1,4 +1,4 @@
-"""Training layouts (DESIGN §3): the k=2 example of issue 3, every visibility rule, the prefix-cache variant."""
+"""Training layouts (docs/design.md §3): the k=2 example of issue 3, every visibility rule, the prefix-cache variant."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training engine: both layouts agree, losses are what DESIGN §4 says, the trainer learns, resumes
+"""Training engine: both layouts agree, losses are what docs/design.md §4 says, the trainer learns, resumes
 exactly, starts from committed weights, refuses bad configs, and runs as 2 processes under accelerate."""
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def config_for(tmp_path: Path, name: str, **overrides) -> TrainConfig:
     return TrainConfig(**{**fields, **overrides})
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_tiny_dataset(tmp_path):
     records = []
     out = train(config_for(tmp_path, "run"), on_log=records.append, loaded=tiny_loaded(), progress=False)
@@ -144,6 +145,7 @@ class Crash(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_crash_then_resume_equals_uninterrupted_run(tmp_path):
     settings = dict(steps=12, save_every=4, anchors_per_seq=6, batch_size=2, grad_accum=2, schedule="cosine",
                     warmup_steps=3, lr=3e-3)
@@ -168,6 +170,7 @@ def test_crash_then_resume_equals_uninterrupted_run(tmp_path):
     assert all(torch.equal(weights_a[n], weights_b[n]) for n in weights_a)
 
 
+@pytest.mark.slow
 def test_init_from_continues_from_committed_weights(tmp_path):
     first = []
     trained = train(config_for(tmp_path, "first", steps=40), on_log=first.append, loaded=tiny_loaded(), progress=False)
@@ -223,6 +226,7 @@ def test_exponent_without_a_dot_reads_as_a_float(tmp_path):
         TrainConfig.from_dict({"lr": "fast"})
 
 
+@pytest.mark.slow
 def test_resume_warns_when_the_continuation_is_not_exact(tmp_path, caplog):
     for schedule, warned in (("constant", False), ("cosine", True)):
         train(config_for(tmp_path, schedule, steps=2, schedule=schedule), loaded=tiny_loaded(), progress=False)
@@ -246,6 +250,8 @@ def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path):
         train(config_for(tmp_path, "run", lora_rank=4), resume=True, loaded=tiny_loaded(), progress=False)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_process_cpu_run_through_accelerate(tmp_path):
     model_dir = tiny_model_dir(tmp_path / "tiny-model")
     out = tmp_path / "run"
