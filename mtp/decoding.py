@@ -20,6 +20,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers.generation.streamers import BaseStreamer
 
 from .adapter import MTPModel
 from .drafting import Draft, Drafter, MaskChain, MaskGroup, MaskTree, PromptLookup
@@ -211,6 +212,7 @@ def generate(
     lookup: int = 0,
     tree_budget: int = 0,
     drafter: Drafter | None = None,
+    streamer: BaseStreamer | None = None,
 ) -> Trace:
     """Generate up to `max_new_tokens` after `prompt_ids`; returns the Trace (tokens, text, steps).
 
@@ -222,6 +224,8 @@ def generate(
     drafter: propose drafts your own way (tests do) instead of the one these options pick.
     Stops at an EOS (kept), at a stop string (text cut right after it, tokens up to the one that
     completes it) or at max_new_tokens; on_chunk receives each step's new tokens, after cuts.
+    streamer: a transformers streamer (TextIteratorStreamer...), fed as `generate` feeds it: the prompt
+    first (skip_prompt=True skips it), then each step's new tokens, then end().
     """
     k = model.k if k is None else k
     check_decoding(method=method, k=k, max_k=model.k, groups=groups, lookup=lookup, tree_budget=tree_budget,
@@ -239,6 +243,8 @@ def generate(
     cache, cached = DynamicCache(config=model.base.config), 0
     tokens, draft = list(prompt_ids), Draft()  # prefill: the whole prompt, no drafts
     reason = "max_new_tokens" if max_new_tokens == 0 else ""
+    if streamer is not None:
+        streamer.put(torch.tensor(prompt_ids))
     while not reason:
         step_start = time.perf_counter()
         verified = verify(model, cache, cached, tokens, draft, verification.anchors(draft), k, sampling)
@@ -251,8 +257,12 @@ def generate(
                                    verified.input_length, len(trace.token_ids) - before))
         if on_chunk is not None and len(trace.token_ids) > before:
             on_chunk(trace.token_ids[before:])
+        if streamer is not None and len(trace.token_ids) > before:
+            streamer.put(torch.tensor(trace.token_ids[before:]))
         tokens, draft = [verified.bonus] + next_draft.tokens, next_draft
     trace.stop_reason = reason
+    if streamer is not None:
+        streamer.end()
     if tokenizer is not None and reason != "stop_string":
         trace.text = tokenizer.decode(trace.token_ids, skip_special_tokens=True)
     trace.seconds = time.perf_counter() - start
