@@ -51,10 +51,11 @@ def attached(model: PreTrainedModel, checkpoint: str | Path) -> MTPModel:
     """The MTP adapter of `checkpoint` on `model`, loaded on first use and kept on the model.
 
     The gated LoRA is injected into the model itself (closed outside MTP passes, so the model's own
-    outputs are unchanged), so one model carries one checkpoint: another one is refused.
+    outputs are unchanged, but its state dict gains the LoRA weights: save a freshly loaded copy), so
+    one model carries one checkpoint: another one is refused.
     """
     path = Path(checkpoint).resolve()
-    loaded = model.__dict__.get("_mtp_adapter")  # not a registered submodule: save_pretrained stays as it was
+    loaded = model.__dict__.get("_mtp_adapter")  # outside the registered submodules: the MTPModel holds the model
     if loaded is not None:
         if loaded[0] != path:
             raise CheckpointError(f"this model already carries the MTP adapter of {loaded[0]}: load the model "
