@@ -44,12 +44,7 @@ class TreeMatch(NamedTuple):
 
 def tree_match(draft: Draft, following: Sequence[int]) -> TreeMatch:
     """Walk `draft` along the true tokens that follow its root (greedy acceptance)."""
-    children, node, path = draft.children(), -1, []
-    for token in following:
-        node = next((c for c in children[node] if draft.tokens[c] == token), None)
-        if node is None:
-            break
-        path.append(node)
+    path = draft.follow(following)
     return TreeMatch(len(path), PathEnd.of(draft, path[-1] if path else -1))
 
 

@@ -61,6 +61,16 @@ class Draft:
         """Depth of each node: 1 for t_0's children."""
         return [depth + 1 for depth in tree_positions(self.parents)]
 
+    def follow(self, tokens: Sequence[int]) -> list[int]:
+        """The nodes of the path that spells a prefix of `tokens` from t_0 (greedy acceptance against them)."""
+        children, node, path = self.children(), -1, []
+        for token in tokens:
+            node = next((c for c in children[node] if self.tokens[c] == token), None)
+            if node is None:
+                break
+            path.append(node)
+        return path
+
     def main_leaf(self) -> int:
         """The last node of the most probable path (a chain: its last token; -1 when empty)."""
         if self.is_chain:
@@ -103,6 +113,14 @@ def draft_candidates(mask_logits: torch.Tensor) -> torch.Tensor:
     return mask_logits.topk(min(DRAFT_CANDIDATES, mask_logits.shape[-1]), dim=-1).indices
 
 
+def candidate_logits(model: MTPModel, mask_hidden: torch.Tensor, prev_ids: torch.Tensor, candidates: torch.Tensor,
+                     vocab_size: int) -> torch.Tensor:
+    """(n, V) the sampler's logits over each row's candidates given the token before it, -inf elsewhere:
+    the distribution the masks' drafts are drawn from (and what the demo's heatmap shows)."""
+    scores = model.sampler_logits(mask_hidden, prev_ids, candidates)
+    return scores.new_full((scores.shape[0], vocab_size), float("-inf")).scatter_(1, candidates, scores)
+
+
 def greedy_sampler_drafts(model: MTPModel, mask_hidden: torch.Tensor, candidates: torch.Tensor,
                           prev_ids: torch.Tensor) -> torch.Tensor:
     """(n,) the sampler's greedy pick among each row's candidates, given the token before each."""
@@ -132,10 +150,9 @@ class MaskChain:
             if sampling.greedy:
                 prev = int(greedy_sampler_drafts(self.model, row[None], candidates[i:i + 1], prev_ids.fill_(prev))[0])
             else:
-                scores = self.model.sampler_logits(row[None], prev_ids.fill_(prev), candidates[i:i + 1])[0]
                 # q is the sampler's distribution restricted to the candidates: zero elsewhere.
-                restricted = group.logits.new_full(group.logits.shape[-1:], float("-inf")).index_copy_(
-                    0, candidates[i], scores)
+                restricted = candidate_logits(self.model, row[None], prev_ids.fill_(prev), candidates[i:i + 1],
+                                              group.logits.shape[-1])[0]
                 qs.append(sampling.probs(restricted))
                 prev = sampling.draw(qs[-1])
             drafts.append(prev)

@@ -13,13 +13,16 @@ import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from .adapter import MTPModel
+from .drafting import MaskChain, MaskGroup, candidate_logits, draft_candidates, mask_tree
+from .sampling import Sampling
+from .trace import Step
 
 VIEWS = ("base_probe", "mask_path", "sampler_chain")
 PLACEHOLDER_TEXT = "-"
 VIEW_TITLES = {
     "base_probe": "Base model, placeholders (gate off)",
     "mask_path": "Trained masks (lm_head)",
-    "sampler_chain": "Sampler chain (greedy)",
+    "sampler_chain": "Sampler chain (greedy, as decoding drafts)",
 }
 
 
@@ -31,6 +34,7 @@ class ProbeView:
     greedy_rank: list[int]  # per offset: 1-based rank of the greedy token in the full distribution
     greedy_prob: list[float]  # per offset: its probability
     chain_ids: list[int] = field(default_factory=list)  # sampler view: the token chosen at each offset
+    chain_accepted: int = 0  # sampler view: how many of chain_ids greedy decoding would accept
 
 
 @dataclass
@@ -39,8 +43,11 @@ class ProbeResult:
     top_n: int
     prompt_ids: list[int]
     placeholder_id: int
-    greedy_ids: list[int]  # k+1 plain greedy tokens: [next token, offset +1, ..., offset +k]
+    greedy_ids: list[int]  # k+2 plain greedy tokens: [next token, offset +1, ..., offset +k, one more]
     views: dict[str, ProbeView]
+    # The draft tree the masks propose after the next token, as the pass verifying it would see it
+    # (accepted path: what plain greedy decoding keeps; bonus: its next token); None without a budget.
+    tree: Step | None = None
     texts: dict[int, str] = field(default_factory=dict)  # token id -> display text (when a tokenizer was given)
 
     def text(self, token_id: int) -> str:
@@ -96,34 +103,44 @@ def _greedy(model: MTPModel, ids: torch.Tensor, steps: int) -> list[int]:
 
 
 def _view(name: str, logits: torch.Tensor, greedy: list[int], top_n: int, chain: list[int] | None = None) -> ProbeView:
-    """Top-N and the greedy token's rank per offset from (k, vocab) logits."""
+    """Top-N and the greedy token's rank per offset from (k, vocab) logits (a token the logits rule out
+    ranks after every token they allow)."""
     probs = logits.float().softmax(-1)
     top = probs.topk(top_n, dim=-1)
     target = torch.tensor(greedy, device=probs.device)
     target_prob = probs.gather(1, target[:, None])[:, 0]
     rank = (probs > target_prob[:, None]).sum(-1) + 1
+    chain = chain or []
+    accepted = next((i for i, (c, g) in enumerate(zip(chain, greedy)) if c != g), len(chain))
     return ProbeView(name=name, top_ids=top.indices.tolist(), top_probs=top.values.tolist(),
-                     greedy_rank=rank.tolist(), greedy_prob=target_prob.tolist(), chain_ids=chain or [])
+                     greedy_rank=rank.tolist(), greedy_prob=target_prob.tolist(), chain_ids=chain,
+                     chain_accepted=accepted)
 
 
 @torch.no_grad()
 def future_probe(model: MTPModel, prompt_ids: list[int], k: int, top_n: int = 5, *,
-                 tokenizer: PreTrainedTokenizerBase | None = None, placeholder_id: int | None = None) -> ProbeResult:
+                 tokenizer: PreTrainedTokenizerBase | None = None, placeholder_id: int | None = None,
+                 tree_budget: int = 0) -> ProbeResult:
     """Top-N guesses for offsets +1..+k in three views, and where plain greedy's token ranks in each.
 
     - base_probe: the paper's probe. The prompt plus k copies of a neutral placeholder token ("-" by
       default), plain causal attention, gate closed: the untouched base model guessing the future.
     - mask_path: the prompt plus the k learned masks (gate open at the masks), lm_head at the masks.
-    - sampler_chain: the sampler head over the same mask states, chained greedily from the next token.
+    - sampler_chain: the sampler over the same mask states, chained greedily from the next token by the
+      decoder's own drafter (MaskChain): its probabilities are over the candidates decoding scores.
+    With tree_budget > 0, also the draft tree of that many nodes the decoder would verify (mask_tree).
     """
     ids = _check_prompt(model, prompt_ids, k)
-    if not 1 <= top_n <= model.base.config.vocab_size:
+    vocab_size = model.base.config.vocab_size
+    if not 1 <= top_n <= vocab_size:
         raise ValueError(f"top_n must be between 1 and the vocabulary size, got {top_n}")
+    if tree_budget < 0:
+        raise ValueError(f"tree_budget must be 0 (no tree) or more, got {tree_budget}")
     if placeholder_id is None:
         placeholder_id = default_placeholder(tokenizer)
     n = ids.shape[1]
     device = ids.device
-    greedy = _greedy(model, ids, k + 1)
+    greedy = _greedy(model, ids, k + 2)
     positions = torch.arange(n + k, device=device)[None]
     future_rows = torch.arange(n, n + k, device=device)
 
@@ -133,24 +150,30 @@ def future_probe(model: MTPModel, prompt_ids: list[int], k: int, top_n: int = 5,
     masks = -torch.arange(1, k + 1, device=device)[None]
     masked = model(torch.cat([ids, masks], 1), position_ids=positions, logits_for=future_rows)
 
-    # The sampler chain: mask i is conditioned on the token chosen at offset i-1 (the next token first).
-    chain, prev, sampler_logits = [], greedy[0], []
-    for i in range(k):
-        logits = model.sampler_logits(masked.hidden[:, n + i], torch.tensor([prev], device=device))[0]
-        sampler_logits.append(logits)
-        prev = int(logits.argmax())
-        chain.append(prev)
+    # The masks after the prompt guess the tokens after the next one, as the group after a pass's bonus does.
+    group = MaskGroup(masked.hidden[0, n:], masked.logits[0], greedy[0])
+    chain = MaskChain(model).propose(list(prompt_ids), group, Sampling(0.0)).tokens
+    # Mask i is conditioned on the token chosen at offset i-1 (the next token first).
+    sampler_logits = group.logits if model.sampler is None else candidate_logits(
+        model, group.hidden, torch.tensor([greedy[0], *chain[:-1]], device=device), draft_candidates(group.logits),
+        vocab_size)
 
-    futures = greedy[1:]
+    futures = greedy[1:k + 1]
     views = {
         "base_probe": _view("base_probe", base.logits[0], futures, top_n),
         "mask_path": _view("mask_path", masked.logits[0], futures, top_n),
-        "sampler_chain": _view("sampler_chain", torch.stack(sampler_logits), futures, top_n, chain),
+        "sampler_chain": _view("sampler_chain", sampler_logits, futures, top_n, chain),
     }
+    tree = None
+    if tree_budget:
+        draft = mask_tree(model, group, tree_budget)
+        path = draft.follow(greedy[1:])
+        tree = Step.of(draft, path, greedy[len(path) + 1], 0.0, n + len(draft.tokens), len(path) + 1)
     result = ProbeResult(k=k, top_n=top_n, prompt_ids=list(prompt_ids), placeholder_id=placeholder_id,
-                         greedy_ids=greedy, views=views)
+                         greedy_ids=greedy, views=views, tree=tree)
     if tokenizer is not None:
         shown = set(greedy) | set(chain) | {t for v in views.values() for row in v.top_ids for t in row}
+        shown |= set(tree.drafts) if tree else set()
         result.texts = {t: tokenizer.decode([t]) for t in shown}
     return result
 

@@ -220,9 +220,10 @@ def tree_layout(parents: Sequence[int]) -> list[float]:
     return [heights[node] for node in range(len(parents))] + [heights[-1]]
 
 
-def tree_figure(step: Step, tokenizer=None, number: int | None = None) -> go.Figure:
+def tree_figure(step: Step, tokenizer=None, number: int | None = None, title: str | None = None) -> go.Figure:
     """One pass's drafts as a tree rooted at the newest verified token: the accepted path in green, the
-    rejected nodes in red, the bonus token in blue after the path's end (a chain is a tree of width 1)."""
+    rejected nodes in red, the bonus token in blue after the path's end (a chain is a tree of width 1).
+    The title says the step's number and counts, after `title` if given."""
     decode = token_decoder(tokenizer)
     parents = step.parents or list(range(-1, len(step.drafts) - 1))
     heights = tree_layout(parents)
@@ -259,9 +260,10 @@ def tree_figure(step: Step, tokenizer=None, number: int | None = None) -> go.Fig
             marker=dict(size=11 if kind != "rejected" else 8, color=BACKGROUNDS.get(kind, "#eee"),
                         line=dict(color=color, width=2)),
             textfont=dict(color=color)))
-    title = (f"Step {number}: " if number else "") + (
-        f"{len(step.drafts)} drafts, {step.accepted} accepted" + (" (a tree)" if step.parents else " (a chain)"))
-    fig.update_layout(title=title, height=max(280, 22 * (max(heights) + 2) + 110), margin=dict(l=10, r=10, t=40, b=10),
+    counts = f"{len(step.drafts)} drafts, {step.accepted} accepted" + (" (a tree)" if step.parents else " (a chain)")
+    if number:
+        counts = f"Step {number}: {counts}"
+    fig.update_layout(title=f"{title}: {counts}" if title else counts, height=max(280, 22 * (max(heights) + 2) + 110), margin=dict(l=10, r=10, t=40, b=10),
                       xaxis=dict(title="tokens ahead", dtick=1), yaxis=dict(visible=False),
                       legend=dict(orientation="h", x=1, xanchor="right", y=1.0, yanchor="bottom"))
     return fig

@@ -141,6 +141,13 @@ def table_rows(page: Page, selector: str) -> list[list[str]]:
     return [[c.strip() for c in rows.nth(i).locator("[role=gridcell]").all_inner_texts()] for i in range(rows.count())]
 
 
+def table_records(page: Page, selector: str) -> list[dict[str, str]]:
+    """Rows of a gr.Dataframe as {column header: cell}, so tests do not depend on the column order."""
+    page.locator(selector).scroll_into_view_if_needed()
+    headers = [h.strip() for h in page.locator(f"{selector} [role=columnheader]").all_inner_texts()]
+    return [dict(zip(headers, row)) for row in table_rows(page, selector)]
+
+
 def table_size(page: Page, selector: str) -> int:
     """Number of data rows of a gr.Dataframe, rendered or not."""
     return int(page.get_attribute(f"{selector} [role=grid]", "aria-rowcount")) - 1

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Page
 
 from mtp.demo.race import SLOTS
-from tests.app_helpers import demo_page, set_number, shot, table_rows, table_size, wait_text
+from tests.app_helpers import demo_page, set_number, shot, table_records, table_rows, table_size, wait_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.multiprocess]  # Chromium, and the app as a server process
 
@@ -49,6 +49,12 @@ def test_future_heatmap(page: Page):
     # The ranks in the row labels are the table's ranks (columns 3, 5, 7: base probe, masks, sampler).
     for labels, column in zip(views, (2, 4, 6)):
         assert [re.search(r"rank (\d+)", r).group(1) for r in labels] == [row[column] for row in table]
+    # The draft tree the masks propose: 4 nodes per mask, the path greedy would accept counted in the summary.
+    page.wait_for_selector("#probe-tree .scatterlayer .trace", state="attached")
+    kept = re.search(r"keep (\d+) of the sampler chain's \d+ and (\d+) along the best path of a (\d+)-node",
+                     page.inner_text("#probe-summary"))
+    assert kept and int(kept.group(3)) == 4 * K, page.inner_text("#probe-summary")
+    assert page.locator("#probe-tree .legendtext", has_text="accepted").count() == (1 if int(kept.group(2)) else 0)
     shot(page, "heatmap")
 
 
@@ -108,14 +114,15 @@ def test_race_lanes_identical_with_their_settings(page: Page):
     assert f"k = {K}" in labels["linear"] and f"{K + 1} mask groups" in labels["quadratic"]
     assert re.search(r"measured default: quadratic · k = \d · \d mask group", labels["default"])
     assert f"a draft tree of up to {4 * K} nodes" in labels["tree"] and f"{K + 1} mask groups" in labels["tree"]
-    assert page.locator("#race-plot .scatterlayer .trace").count() == len(SLOTS)
-    table = table_rows(page, "#race-table")
-    assert [row[0] for row in table] == ["autoregressive", "linear", "quadratic, the paper's layout",
-                                         "quadratic with a draft tree", "measured default"]
-    assert [row[3] for row in table] == ["–", "–", "–", str(4 * K), "–"]  # the tree column
-    assert [row[4] for row in table] == ["autoregressive", "linear", "quadratic", "quadratic", "quadratic"]
-    assert [row[6] for row in table] == [str(MAX_NEW)] * len(SLOTS)  # new tokens
-    assert table[0][7] == str(MAX_NEW)  # autoregressive: one forward pass per token
+    # The final frame's figure may still be drawing when the verdict shows (plotly renders asynchronously).
+    page.wait_for_function(f"document.querySelectorAll('#race-plot .scatterlayer .trace').length == {len(SLOTS)}")
+    table = table_records(page, "#race-table")
+    assert [row["lane"] for row in table] == ["autoregressive", "linear", "quadratic, the paper's layout",
+                                              "quadratic with a draft tree", "measured default"]
+    assert [row["tree"] for row in table] == ["–", "–", "–", str(4 * K), "–"]
+    assert [row["method"] for row in table] == ["autoregressive", "linear", "quadratic", "quadratic", "quadratic"]
+    assert [row["new tokens"] for row in table] == [str(MAX_NEW)] * len(SLOTS)
+    assert table[0]["forward passes"] == str(MAX_NEW)  # autoregressive: one forward pass per token
     # Why it is faster: predicted lines on two panels, the race's measured points as stars.
     page.wait_for_selector("#race-speed .scatterlayer .trace", state="attached")
     assert page.locator("#race-speed .infolayer .g-gtitle, #race-speed .annotation").count() >= 2

@@ -7,6 +7,8 @@ import torch
 
 from mtp import adapter
 from mtp.adapter import identity_of
+from mtp.decoding import generate
+from mtp.drafting import DRAFT_CANDIDATES
 from mtp.probe import future_probe, lossless_check
 from tests.conftest import randomize_lora, tiny_model
 
@@ -34,7 +36,7 @@ def test_future_probe_views(tiny_family):
     k, top_n = 4, 6
     model = mtp_model(tiny_family, k)
     result = future_probe(model, PROMPT, k, top_n, placeholder_id=9)
-    assert result.greedy_ids == reference_greedy(model, PROMPT, k + 1)
+    assert result.greedy_ids == reference_greedy(model, PROMPT, k + 2)
     n = len(PROMPT)
     with torch.no_grad():
         plain = model.base(torch.tensor([PROMPT + [9] * k])).logits[0, n:].softmax(-1)  # HF's own forward, gate closed
@@ -48,7 +50,7 @@ def test_future_probe_views(tiny_family):
         torch.testing.assert_close(torch.tensor(view.top_probs), top.values, rtol=1e-5, atol=1e-6)
     for name, view in result.views.items():
         assert len(view.top_ids) == k and all(len(row) == top_n for row in view.top_ids)
-        for i, target in enumerate(result.greedy_ids[1:]):
+        for i, target in enumerate(result.greedy_ids[1:k + 1]):
             assert 1 <= view.greedy_rank[i] <= 128
             if target in view.top_ids[i]:
                 assert view.greedy_rank[i] == view.top_ids[i].index(target) + 1
@@ -57,13 +59,36 @@ def test_future_probe_views(tiny_family):
                 assert view.greedy_rank[i] > top_n and view.greedy_prob[i] <= view.top_probs[i][-1]
     # The mask path and the base probe really are different computations on a random adapter.
     assert result.views["mask_path"].top_probs != result.views["base_probe"].top_probs
-    # Sampler chain: each offset conditioned on the previous choice, the first on the next token.
-    chain = result.views["sampler_chain"].chain_ids
-    assert chain == [row[0] for row in result.views["sampler_chain"].top_ids]
+    # Sampler chain: what decoding drafts after the next token — each offset conditioned on the previous
+    # choice, the first on the next token, scored over the top DRAFT_CANDIDATES of the mask's lm_head.
+    view = result.views["sampler_chain"]
+    chain = view.chain_ids
+    assert chain == [row[0] for row in view.top_ids]
     with torch.no_grad():
         prev = torch.tensor([result.greedy_ids[0]] + chain[:-1])
-        chained = model.sampler_logits(masked.hidden[0, n:], prev).softmax(-1)
-    assert result.views["sampler_chain"].top_ids == chained.topk(top_n, -1).indices.tolist()
+        candidates = model.lm_logits(masked.hidden[0, n:]).topk(DRAFT_CANDIDATES, -1).indices
+        scores = model.sampler_logits(masked.hidden[0, n:], prev, candidates).softmax(-1)
+        chained = torch.zeros(k, model.base.config.vocab_size).scatter_(1, candidates, scores)
+    assert view.top_ids == chained.topk(top_n, -1).indices.tolist()
+    assert all(t in row for t, row in zip(chain, candidates.tolist()))
+    futures = result.greedy_ids[1:k + 1]
+    assert view.chain_accepted == next((i for i in range(k) if chain[i] != futures[i]), k)
+
+
+def test_future_probe_tree_is_the_decoders_first_tree(tiny_family):
+    """The probe's tree is the one quadratic decoding with that budget verifies after the prefill, and its
+    accepted path is what greedy decoding keeps."""
+    k, budget = 4, 12
+    model = mtp_model(tiny_family, k)
+    result = future_probe(model, PROMPT, k, 3, tree_budget=budget)
+    assert result.tree is not None and len(result.tree.drafts) == budget and result.tree.parents
+    trace = generate(model, PROMPT, method="quadratic", k=k, max_new_tokens=2 * k + 2, tree_budget=budget)
+    first_tree = trace.steps[1]  # step 0 is the prefill (no drafts)
+    assert (first_tree.drafts, first_tree.parents) == (result.tree.drafts, result.tree.parents)
+    assert first_tree.accepted_path == result.tree.accepted_path and first_tree.bonus == result.tree.bonus
+    assert future_probe(model, PROMPT, k, 3).tree is None
+    with pytest.raises(ValueError, match="tree_budget"):
+        future_probe(model, PROMPT, k, 3, tree_budget=-1)
 
 
 def test_future_probe_token_texts_and_placeholder_default():

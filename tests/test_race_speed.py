@@ -19,7 +19,7 @@ import pytest
 from playwright.sync_api import Page
 
 from mtp.demo.race import SLOTS
-from tests.app_helpers import ARTIFACTS, ROOT, demo_page, table_rows, wait_text
+from tests.app_helpers import ARTIFACTS, ROOT, demo_page, table_records, wait_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.multiprocess]  # Chromium, the app server and CLI processes
 
@@ -51,10 +51,11 @@ def shown_lanes(page: Page) -> dict[str, dict]:
     """Per lane of the race shown now: its settings, new tokens, tokens/s and text."""
     texts = {slot: page.input_value(f"#race-text-{slot} textarea") for slot in SLOTS}
     lanes = {}
-    for slot, row in zip(SLOTS, table_rows(page, "#race-table")):
-        lane, groups, lookup, method, k = row[:5]
-        lanes[slot] = {"lane": lane, "method": method, "k": int(k), "groups": None if groups == "–" else int(groups),
-                       "lookup": int(lookup), "new_tokens": int(row[5]), "tokens_per_second": float(row[9]),
+    for slot, row in zip(SLOTS, table_records(page, "#race-table")):
+        lanes[slot] = {"lane": row["lane"], "method": row["method"], "k": int(row["k"]),
+                       "groups": None if row["groups"] == "–" else int(row["groups"]), "lookup": int(row["lookup"]),
+                       "tree_budget": 0 if row["tree"] == "–" else int(row["tree"]),
+                       "new_tokens": int(row["new tokens"]), "tokens_per_second": float(row["tokens/s"]),
                        "text": texts[slot]}
     return lanes
 
@@ -66,7 +67,7 @@ def cli(lane: dict, prompts_file) -> dict:
     if lane["method"] != "autoregressive":
         command += ["--k", str(lane["k"]), "--lookup", str(lane["lookup"])]
     if lane["method"] == "quadratic":
-        command += ["--groups", str(lane["groups"])]
+        command += ["--groups", str(lane["groups"]), "--tree-budget", str(lane["tree_budget"])]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.returncode == 0, done.stderr[-2000:]

@@ -151,6 +151,8 @@ def test_tree_figure_colours_path_rejections_and_bonus():
     assert list(nodes["context"].x) == [0]
     assert fig.layout.title.text == "Step 2: 5 drafts, 2 accepted (a tree)"
     chain = viz.tree_figure(Step([10, 11], 1, 15, 0.1, 4, 2), tok)
+    titled = viz.tree_figure(trace.steps[1], tok, title="The draft tree the masks propose")
+    assert titled.layout.title.text == "The draft tree the masks propose: 5 drafts, 2 accepted (a tree)"
     assert "(a chain)" in chain.layout.title.text and list(next(t for t in chain.data if t.name == "bonus").y) == [-1.0]
     assert list(next(t for t in chain.data if t.name == "accepted").y) == [0.0]  # a chain: one straight row
 

@@ -18,7 +18,7 @@ from ..options import check_decoding, eos_token_ids
 from ..probe import future_probe, lossless_check
 from ..trace import Trace
 from .checks import LOOKUP_DRAFTS, MAX_NEW_TOKENS, MAX_SEED, MAX_TOP_N, MAX_TREE_NODES, check_int, check_prompt, check_temperature, friendly
-from .race import Machine, Race, race_lanes
+from .race import Machine, Race, race_lanes, tree_lane_budget
 from .speed import measured_cost_curve
 from .store import FRESH, ModelStore, checkpoint_choices, checkpoint_path
 from .training import MAX_TRAIN_PROMPTS, MAX_TRAIN_STEPS, PROMPT_SETS, TrainingRun
@@ -111,15 +111,19 @@ class Demo:
         model, tokenizer, ids, k = self.request(prompt, model_name, checkpoint, k)
         top_n = check_int(top_n, "top N", 1, MAX_TOP_N)
         with self.machine.busy():
-            result = future_probe(model, ids, k, top_n, tokenizer=tokenizer)
-        greedy = [token_code(result.text(t)) for t in result.greedy_ids]
+            result = future_probe(model, ids, k, top_n, tokenizer=tokenizer, tree_budget=tree_lane_budget(k))
+        greedy = [token_code(result.text(t)) for t in result.greedy_ids[:k + 1]]
         hits = {name: sum(r == 1 for r in view.greedy_rank) for name, view in result.views.items()}
         summary = (
             f"Plain greedy decoding continues with {greedy[0]} (the ordinary next token) and then "
             + " ".join(greedy[1:]) + f" at offsets +1…+{k}. Top-1 hits out of {k}: "
-            + ", ".join(f"{viz.VIEW_TITLES[n]}: **{h}**" for n, h in hits.items()) + "."
+            + ", ".join(f"{viz.VIEW_TITLES[n]}: **{h}**" for n, h in hits.items()) + ". "
+            + f"Verifying these drafts, greedy decoding would keep **{result.views['sampler_chain'].chain_accepted}** "
+            + f"of the sampler chain's {k} and **{result.tree.accepted}** along the best path of a "
+            + f"{len(result.tree.drafts)}-node draft tree (below)."
         )
-        return viz.heatmap_figure(result), viz.probe_table(result), summary
+        return (viz.heatmap_figure(result), viz.probe_table(result), summary,
+                viz.tree_figure(result.tree, result.texts, title="The draft tree the masks propose"))
 
     # -- Accepted vs rejected ----------------------------------------------------------------------------
     @friendly

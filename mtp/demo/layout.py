@@ -56,6 +56,7 @@ def build(demo_state: Demo, default_model: str, default_checkpoint: str) -> gr.B
                 probe_summary = gr.Markdown(elem_id="probe-summary")
                 probe_plot = gr.Plot(show_label=False, elem_id="probe-plot")
                 probe_table = gr.Dataframe(label="Where the greedy token ranks", elem_id="probe-table")
+                probe_tree = gr.Plot(label="The draft tree after the next token", elem_id="probe-tree")
             with gr.Tab("Accepted vs rejected", id="accept"):
                 gr.Markdown(EXPLAIN["accept"])
                 with gr.Row():
@@ -114,7 +115,7 @@ def build(demo_state: Demo, default_model: str, default_checkpoint: str) -> gr.B
         model_name.change(demo_state.choose_model, [model_name], [checkpoint])
         checkpoint.change(demo_state.select, [model_name, checkpoint], [k, method, status])
         page.load(demo_state.select, [model_name, checkpoint], [k, method, status])
-        probe_button.click(demo_state.probe, [prompt, *settings, k, top_n], [probe_plot, probe_table, probe_summary],
+        probe_button.click(demo_state.probe, [prompt, *settings, k, top_n], [probe_plot, probe_table, probe_summary, probe_tree],
                            api_name="probe")
         gen_button.click(demo_state.generate, [prompt, *settings, method, k, temperature, max_new, seed, gen_lookup,
                                                gen_tree],

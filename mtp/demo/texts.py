@@ -13,7 +13,11 @@ the token plain greedy decoding really writes there, and the row label gives its
 distribution. **Left:** the untouched base model with k placeholder tokens `-` appended (gate off) — it
 often ranks the future token surprisingly high already: the paper's *LLM knows the future* probe.
 **Middle:** the learned mask tokens read out through the same `lm_head`. **Right:** the sampler head,
-which chains the guesses (each conditioned on the one before) so they form a coherent sequence.""",
+which chains the guesses (each conditioned on the one before) so they form a coherent sequence — exactly
+the drafts decoding verifies, scored over the top 64 candidates of each mask's `lm_head` row. **Below:** the
+*draft tree* the same masks propose (4 nodes per mask): the most probable paths through each mask's top
+candidates. Green is the path greedy decoding would accept — when a chain's guess is wrong at some depth, a
+sibling in the tree is often right, so the tree keeps more.""",
     "accept": """**What you see.** Each forward pass verifies the previous pass's drafts against the model's own
 next-token choices: the longest matching prefix is **accepted** (green), the rest **rejected** (red, struck
 through, never part of the output), and the model's own token after the accepted ones comes for free as the
