@@ -88,7 +88,7 @@ def heatmap_figure(probe: ProbeResult) -> go.Figure:
 def probe_table(probe: ProbeResult) -> pd.DataFrame:
     """Per offset: the greedy token and its rank / probability in each view."""
     data = {"offset": [f"+{i + 1}" for i in range(probe.k)],
-            "greedy token": [token_label(probe.text(t)) for t in probe.greedy_ids[1:]]}
+            "greedy token": [token_label(probe.text(t)) for t in probe.greedy_ids[1:probe.k + 1]]}
     for name, view in probe.views.items():
         data[f"{name} rank"] = view.greedy_rank
         data[f"{name} p"] = [float(f"{p:.3g}") for p in view.greedy_prob]

@@ -178,7 +178,7 @@ def probe_result() -> ProbeResult:
         "sampler_chain": ProbeView("sampler_chain", [[6, 5], [7, 9]], [[0.95, 0.01], [0.8, 0.1]], [1, 1],
                                    [0.95, 0.8], chain_ids=[6, 7]),
     }
-    return ProbeResult(k=2, top_n=2, prompt_ids=[1, 2], placeholder_id=0, greedy_ids=[4, 6, 7], views=views,
+    return ProbeResult(k=2, top_n=2, prompt_ids=[1, 2], placeholder_id=0, greedy_ids=[4, 6, 7, 8], views=views,
                        texts={5: "f", 6: " g", 7: "h", 8: "i", 9: "j"})
 
 

@@ -14,7 +14,8 @@ distribution. **Left:** the untouched base model with k placeholder tokens `-` a
 often ranks the future token surprisingly high already: the paper's *LLM knows the future* probe.
 **Middle:** the learned mask tokens read out through the same `lm_head`. **Right:** the sampler head,
 which chains the guesses (each conditioned on the one before) so they form a coherent sequence — exactly
-the drafts decoding verifies, scored over the top 64 candidates of each mask's `lm_head` row. **Below:** the
+the drafts decoding verifies, scored over the top 64 candidates of each mask's `lm_head` row (rank 65: the
+token was not among them). **Below:** the
 *draft tree* the same masks propose (4 nodes per mask): the most probable paths through each mask's top
 candidates. Green is the path greedy decoding would accept — when a chain's guess is wrong at some depth, a
 sibling in the tree is often right, so the tree keeps more.""",
