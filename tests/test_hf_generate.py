@@ -17,16 +17,9 @@ from mtp.hf_generate import entry_path
 from mtp.options import OptionError
 
 from tests.conftest import randomize_lora, tiny_model
+from tests.test_families import one_thread  # noqa: F401  (autouse: tiny models run fastest on one thread)
 
 EOS = 2
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
