@@ -303,6 +303,7 @@ class MTPModel(nn.Module):
     def write_files(self, directory: Path, extra_files: dict[str, str] | None = None) -> None:
         """Weights, config and extra text files into an existing directory (not atomic: see save)."""
         save_file(self.trainable_state_dict(), str(directory / WEIGHTS_FILE), metadata={"format": "mtp"})
+        atomic.follow_umask(directory / WEIGHTS_FILE)
         self.config.save(directory / CONFIG_FILE)
         for name, text in (extra_files or {}).items():
             (directory / name).write_text(text, encoding="utf-8")

@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,17 @@ def write_text(path: str | Path, text: str) -> None:
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
+
+
+def follow_umask(path: str | Path) -> None:
+    """Give a file the mode an ordinary new file gets (0666 less the umask): some writers (safetensors)
+    create theirs 0600, which would hide a checkpoint from the other users of a shared machine."""
+    try:  # Linux states the umask without changing it (os.umask would, for every thread, for a moment)
+        umask = int(re.search(r"^Umask:\s*([0-7]+)", Path("/proc/self/status").read_text(), re.M).group(1), 8)
+    except (OSError, AttributeError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _alive(pid: int) -> bool:
@@ -109,7 +121,9 @@ def replaced_dir(target: str | Path, carry_over: bool = True) -> Iterator[Path]:
     new, old = target.with_name(f".{target.name}.new-{pid}"), target.with_name(f".{target.name}.old-{pid}")
     with _saving_lock:
         _saving.add(target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{pid}-", dir=target.parent))
+    # mkdir honours the umask (tempfile.mkdtemp would make every saved run directory 0700).
+    staging = target.with_name(f".{target.name}.tmp-{pid}-{uuid.uuid4().hex[:12]}")
+    staging.mkdir()
     try:
         yield staging
         if carry_over and target.is_dir():

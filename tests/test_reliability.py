@@ -174,6 +174,18 @@ def test_kill_between_the_renames_of_a_save_is_recovered_and_never_listed(tmp_pa
     adapter.load(root / "mine", tiny_loaded().model, loaded.identity)
 
 
+def test_saved_directories_and_files_follow_the_umask(tmp_path):
+    """Issue 20: saved run directories were 0700 (tempfile.mkdtemp), so other users could not read them."""
+    old_umask = os.umask(0o022)
+    try:
+        loaded = tiny_loaded()
+        saved = adapter.create(loaded.model, loaded.identity, k=2, lora_rank=4).save(tmp_path / "mine")
+    finally:
+        os.umask(old_umask)
+    assert saved.stat().st_mode & 0o777 == 0o755
+    assert {path.stat().st_mode & 0o777 for path in saved.iterdir() if path.is_file()} == {0o644}
+
+
 def test_run_stopped_before_its_first_checkpoint_restarts_or_resumes(tmp_path, caplog):
     config = run_config(tmp_path, "early")
     config.save_every = 100
