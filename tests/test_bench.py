@@ -332,6 +332,12 @@ def test_draft_trees_decoded_replayed_and_priced(tiny, tmp_path):
         for k in ("2", "4"):
             assert table["trees"]["tree 6"][method][k] == pytest.approx(
                 report["summary"]["all"]["runs"][f"{method} k={k} tree 6"]["tokens_per_step"])
+    # τ by mask groups: G = k+1 is the tree row above.
+    groups = table["tree_groups"]["tree 6"]
+    assert list(groups["2"]) == ["1", "2", "3", "4", "6", "7"] and list(groups["4"]) == ["1", "2", "4", "5", "7"]
+    for k in ("2", "4"):
+        assert groups[k][str(int(k) + 1)] == table["trees"]["tree 6"]["quadratic"][k]
+    assert "tree 6 nodes, k=4, by mask groups" in (out / "results.md").read_text()
     shapes = report["cost_curve"]["step_seconds"]["4"]
     assert {f"tree {b} g={g}" for b in (3, 6) for g in bench.TREE_GROUPS} <= set(shapes)
     assert set(report["cost_curve"]["tree_drafting_seconds"]["4"]) == {"3", "6"}

@@ -158,6 +158,13 @@ def _tau_table_markdown(summary: dict, settings: dict) -> list[str]:
             rows = [[d] + [_fmt(summary[d]["tau_table"]["trees"][name][method][k]) for k in ks_tree] for d in domains]
             parts += ["", f"**{method}, sampler draft {name} nodes (groups k+1 after the nodes most likely to end "
                           "the accepted path)**", "", _table(["domain"] + [f"k={k}" for k in ks_tree], rows)]
+    for name, by_k in summary["all"]["tau_table"].get("tree_groups", {}).items():
+        for k, by_groups in by_k.items():
+            counts = list(by_groups)
+            rows = [[d] + [_fmt(summary[d]["tau_table"]["tree_groups"][name][k][g]) for g in counts] for d in domains]
+            parts += ["", f"**quadratic, sampler draft {name} nodes, k={k}, by mask groups G (a pass carries "
+                          f"{k} masks per group; G={counts[-1]}: a group after every node)**", "",
+                      _table(["domain"] + [f"G={g}" for g in counts], rows)]
     agreement = summary["all"]["tau_table"]["replay_agreement"]
     if agreement:
         parts += ["", "Replay vs decoding (same pass count per prompt): " + ", ".join(

@@ -74,6 +74,12 @@ def tau_table(entries: list[dict], settings: Settings) -> dict:
                                          for k in settings.k_list}
                                 for method in DRAFTING_METHODS}
              for budget in settings.tau_trees}
+    # Quadratic trees by mask groups: the draft after a pass exists only if the accepted path ended at a
+    # node with a group, so τ grows with G (up to a group after every node) while the pass grows by k per group.
+    tree_groups = {f"tree {budget}": {str(k): {str(g): _replayed(entries, acceptance.tree_key(k, budget), "quadratic", k, g)
+                                               for g in tree_group_sweep(k, budget)}
+                                      for k in settings.k_list}
+                   for budget in settings.tau_trees}
     chain_drafter = acceptance.DRAFTERS[0] if settings.use_sampler else acceptance.DRAFTERS[1]
     agreement = {}
     for name in runs_of(settings):
@@ -86,7 +92,13 @@ def tau_table(entries: list[dict], settings: Settings) -> dict:
                                                       e.get("lookup_matches") if name.lookup else None)))
                  for e in entries for run in e["runs"] if run_of(run) == name and drafter in e.get("draft_matches", {})]
         agreement[run_name(name)] = {"prompts": len(pairs), "same_passes": sum(a == b for a, b in pairs)}
-    return {"tau": table, "trees": trees, "replay_agreement": agreement}
+    return {"tau": table, "trees": trees, "tree_groups": tree_groups, "replay_agreement": agreement}
+
+
+def tree_group_sweep(k: int, budget: int) -> list[int]:
+    """Mask-group counts the τ table replays for a quadratic tree: 1, 2, 4, k+1 (the paper's chain
+    layout's count), 2(k+1), 4(k+1) and one after every node (budget+1, t_0 included)."""
+    return sorted({g for g in (1, 2, 4, k + 1, 2 * (k + 1), 4 * (k + 1)) if g <= budget} | {budget + 1})
 
 
 def mismatches(results: list[dict]) -> list[dict]:
