@@ -135,7 +135,8 @@ def generate(model: PreTrainedModel, inputs: torch.Tensor | None = None,
     config = _greedy_config(model, generation_config, ids.shape[1], kwargs)
     max_new = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - ids.shape[1]
     if max_new < 1:
-        raise OptionError(f"the prompt has {ids.shape[1]} tokens, max_length {config.max_length} leaves no new token")
+        raise OptionError(f"no new token to generate: max_new_tokens={config.max_new_tokens}, max_length="
+                          f"{config.max_length} for a prompt of {ids.shape[1]} tokens")
     mtp_model = attached(model, checkpoint)
     chosen = decoding_settings(mtp_model, checkpoint, **settings)
     eos = [] if config._eos_token_tensor is None else config._eos_token_tensor.reshape(-1).tolist()

@@ -104,6 +104,7 @@ def test_text_iterator_streamer_with_the_entry_and_with_mtp_generate(model, chec
     ({"repetition_penalty": 1.2}, OptionError, "RepetitionPenaltyLogitsProcessor"),
     ({"stop_strings": ["w5"]}, OptionError, "stop_strings"),
     ({"mtp_k": 9}, OptionError, "k must be between 1 and 4"),
+    ({"max_new_tokens": None, "max_length": 5}, OptionError, "no new token to generate"),
     ({"mtp_sampler": False}, OptionError, "unknown MTP option(s) mtp_sampler"),
     ({"mtp_checkpoint": None}, CheckpointError, "needs mtp_checkpoint"),
     ({"mtp_checkpoint": "no/such/dir"}, CheckpointError, "does not exist"),
