@@ -19,6 +19,7 @@ from mtp.demo.handlers import Demo
 from mtp.demo.store import FRESH, ModelStore, checkpoint_choices
 from mtp.models import EMBEDDED_NAME
 from tests.app_helpers import autoregressive_trace, recorded_trace
+from tests.train_helpers import tiny_loaded
 
 MEASURED = DecodingSettings("quadratic", 4, 1, 10, 0, "measured on AMD EPYC (2026-11-26)")
 
@@ -53,6 +54,23 @@ def test_handlers_accept_only_offered_choices(tmp_path):
     assert demo.training.phase == "idle"
     trained = fake_checkpoint(tmp_path / "ui-7")  # trained since the page was built: offered at once
     assert demo.checkpoint_dir(EMBEDDED_NAME, str(trained)) == trained
+
+
+def test_status_says_when_prompts_go_in_raw(tmp_path):
+    """A base model (no chat template, as Gemma 3 270M's GGUF) gets the prompt as text to continue: the
+    status line says so; a chat model's does not."""
+    loaded = tiny_loaded()
+    model = adapter.create(loaded.model, loaded.identity, k=2, lora_rank=4).eval()
+    store = ModelStore("cpu")
+    demo = Demo(store, ["tiny"], [], tmp_path)
+
+    class Tokenizer:
+        chat_template = None
+
+    store._models[("tiny", FRESH)] = (model, Tokenizer())
+    assert "prompts go in raw" in demo.status("tiny", FRESH)
+    Tokenizer.chat_template = "{{ messages }}"
+    assert "prompts go in raw" not in demo.status("tiny", FRESH) and "Ready" in demo.status("tiny", FRESH)
 
 
 def test_user_errors_are_one_log_line(caplog):

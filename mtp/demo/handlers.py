@@ -73,9 +73,12 @@ class Demo:
     def status(self, model_name: str, checkpoint: str) -> str:
         key = (model_name, checkpoint)
         where = f"`{model_name}` + `{checkpoint}` on **{self.store.device}**"
-        model = self.store.peek(*key)
-        if model is not None:
+        loaded = self.store.peek(*key)
+        if loaded is not None:
+            model, tokenizer = loaded
             trained = "" if checkpoint != FRESH else " — untrained: drafts are poor, output is still exact"
+            if not getattr(tokenizer, "chat_template", None):
+                trained += " — a base model (no chat template): prompts go in raw, as text to continue"
             chosen = self.settings(model, checkpoint)
             defaults = (f"decoding defaults: {chosen.method}, k = {chosen.k}"
                         + (f", {chosen.groups} mask groups" if chosen.groups else "")

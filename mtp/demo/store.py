@@ -78,10 +78,9 @@ class ModelStore:
         self.loading: tuple[str, str] | None = None
         self.errors: dict[tuple[str, str], str] = {}
 
-    def peek(self, model_name: str, checkpoint: str) -> MTPModel | None:
-        """The loaded model, without loading or reordering."""
-        pair = self._models.get((model_name, checkpoint))
-        return pair[0] if pair else None
+    def peek(self, model_name: str, checkpoint: str) -> tuple[MTPModel, object] | None:
+        """The loaded (model, tokenizer), without loading or reordering."""
+        return self._models.get((model_name, checkpoint))
 
     def get(self, model_name: str, checkpoint: str) -> tuple[MTPModel, object]:
         key = (model_name, checkpoint)
