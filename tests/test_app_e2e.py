@@ -65,9 +65,9 @@ def test_status_names_the_decoding_defaults(page: Page):
 
 
 def test_accepted_vs_rejected(page: Page):
-    # Open-ended text: the trained checkpoint accepts every draft of the factorial code at k=4, and
-    # this tab must show rejections too.
-    open_tab(page, "Accepted vs rejected", "Tell me a short story about a dragon who loves tea.")
+    # Worked arithmetic: the trained checkpoint accepts every draft of the factorial code at k=4, and
+    # this tab must show rejections too (and the README's screenshot a prompt where drafts often pass).
+    open_tab(page, "Accepted vs rejected", "What is 15% of 240? Show your working.")
     page.click("#gen-run")
     status = wait_text(page, "#gen-html .mtp-status", r"step (\d+) of \1 ")
     steps, tokens = map(int, re.search(r"step (\d+) of \d+ · (\d+) tokens", status).groups())

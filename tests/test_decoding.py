@@ -15,13 +15,7 @@ METHODS = ("autoregressive", "linear", "quadratic")
 K_VALUES = (1, 2, 3, 4, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not spin against a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])

@@ -25,13 +25,7 @@ FAMILIES = ("gemma3", "mistral", "phi3")
 PHI3_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not spin against a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
 
 
 def tiny_family_mtp(family: str, seed: int = 0, k: int = 6, vocab: int = 128, lora_std: float = 1.0) -> MTPModel:

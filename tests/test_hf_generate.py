@@ -17,8 +17,8 @@ from mtp.hf_generate import entry_path
 from mtp.options import OptionError
 
 from tests.conftest import randomize_lora, tiny_model
-from tests.test_families import one_thread  # noqa: F401  (autouse: tiny models run fastest on one thread)
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
 EOS = 2
 
 

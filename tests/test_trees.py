@@ -18,12 +18,7 @@ from mtp.sampling import Sampling
 from mtp.trace import Step, Trace
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
 
 
 # -- layouts -------------------------------------------------------------------------------------
