@@ -16,7 +16,8 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora.layer import Linear as LoraLinear
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
@@ -302,8 +303,8 @@ class MTPModel(nn.Module):
     # -- checkpoints -----------------------------------------------------------------------------
     def write_files(self, directory: Path, extra_files: dict[str, str] | None = None) -> None:
         """Weights, config and extra text files into an existing directory (not atomic: see save)."""
-        save_file(self.trainable_state_dict(), str(directory / WEIGHTS_FILE), metadata={"format": "mtp"})
-        atomic.follow_umask(directory / WEIGHTS_FILE)
+        # Written by Python, not safetensors' save_file (which creates the file 0600): the umask decides.
+        (directory / WEIGHTS_FILE).write_bytes(safetensors_bytes(self.trainable_state_dict(), metadata={"format": "mtp"}))
         self.config.save(directory / CONFIG_FILE)
         for name, text in (extra_files or {}).items():
             (directory / name).write_text(text, encoding="utf-8")

@@ -40,17 +40,6 @@ def write_text(path: str | Path, text: str) -> None:
         raise
 
 
-def follow_umask(path: str | Path) -> None:
-    """Give a file the mode an ordinary new file gets (0666 less the umask): some writers (safetensors)
-    create theirs 0600, which would hide a checkpoint from the other users of a shared machine."""
-    try:  # Linux states the umask without changing it (os.umask would, for every thread, for a moment)
-        umask = int(re.search(r"^Umask:\s*([0-7]+)", Path("/proc/self/status").read_text(), re.M).group(1), 8)
-    except (OSError, AttributeError):
-        umask = os.umask(0o022)
-        os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

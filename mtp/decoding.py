@@ -255,10 +255,11 @@ def generate(
             trace.prompt_ids + trace.token_ids, verified.group, sampling)
         trace.steps.append(Step.of(draft, verified.path, verified.bonus, time.perf_counter() - step_start,
                                    verified.input_length, len(trace.token_ids) - before))
-        if on_chunk is not None and len(trace.token_ids) > before:
-            on_chunk(trace.token_ids[before:])
-        if streamer is not None and len(trace.token_ids) > before:
-            streamer.put(torch.tensor(trace.token_ids[before:]))
+        new_tokens = trace.token_ids[before:]
+        if new_tokens and on_chunk is not None:
+            on_chunk(new_tokens)
+        if new_tokens and streamer is not None:
+            streamer.put(torch.tensor(new_tokens))
         tokens, draft = [verified.bonus] + next_draft.tokens, next_draft
     trace.stop_reason = reason
     if streamer is not None:

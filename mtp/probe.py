@@ -13,7 +13,7 @@ import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from .adapter import MTPModel
-from .drafting import MaskChain, MaskGroup, candidate_logits, draft_candidates, mask_tree
+from .drafting import Draft, MaskChain, MaskGroup, candidate_logits, draft_candidates, mask_tree
 from .sampling import Sampling
 from .trace import Step
 
@@ -111,10 +111,9 @@ def _view(name: str, logits: torch.Tensor, greedy: list[int], top_n: int, chain:
     target_prob = probs.gather(1, target[:, None])[:, 0]
     rank = (probs > target_prob[:, None]).sum(-1) + 1
     chain = chain or []
-    accepted = next((i for i, (c, g) in enumerate(zip(chain, greedy)) if c != g), len(chain))
     return ProbeView(name=name, top_ids=top.indices.tolist(), top_probs=top.values.tolist(),
                      greedy_rank=rank.tolist(), greedy_prob=target_prob.tolist(), chain_ids=chain,
-                     chain_accepted=accepted)
+                     chain_accepted=len(Draft.chain(chain).follow(greedy)))
 
 
 @torch.no_grad()

@@ -214,7 +214,7 @@ def test_failed_save_keeps_previous_checkpoint(saved, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(adapter, "save_file", broken)
+    monkeypatch.setattr(adapter, "safetensors_bytes", broken)
     with pytest.raises(OSError):
         model.save(saved)
     assert {p.name: p.read_bytes() for p in saved.iterdir()} == before

@@ -2,8 +2,8 @@
 bad input (data, checkpoints, resume state, output paths) refused with one message.
 
 The fault-injection tests count every write and rename a training run makes (os.replace, os.mkdir,
-Path.write_text, safetensors save_file, torch.save, shutil.copy2, shutil.rmtree) and fail the Nth,
-for every N: once by raising in-process, once by killing a forked copy of the run with os._exit.
+Path.write_text, Path.write_bytes, safetensors save_file, torch.save, shutil.copy2, shutil.rmtree) and
+fail the Nth, for every N: once by raising in-process, once by killing a forked copy of the run with os._exit.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from mtp.train import LOG_FILE, STATE_DIR, TrainConfig, TrainError, load_sequenc
 from tests.train_helpers import tiny_loaded, write_data
 
 STEPS, SAVE_EVERY = 2, 1
-FAULT_POINTS = [(os, "replace"), (os, "mkdir"), (Path, "write_text"), (adapter, "save_file"),
+FAULT_POINTS = [(os, "replace"), (os, "mkdir"), (Path, "write_text"), (Path, "write_bytes"),
                 (checkpoint, "save_file"), (torch, "save"), (shutil, "copy2"), (shutil, "rmtree")]
 
 
