@@ -27,13 +27,10 @@ NEW_TOKENS = 16
 
 
 @pytest.fixture(scope="module")
-def gemma():
+def gemma(one_thread):
     """Gemma 3 270M with a fresh k=4 adapter, one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     gguf = importlib.import_module(PACKAGE).assemble()  # joins the four part wheels' chunks once, checks the hash
-    yield load_mtp(str(gguf), k=4)
-    torch.set_num_threads(threads)
+    return load_mtp(str(gguf), k=4)
 
 
 def test_greedy_identity_with_transformers_generate(gemma) -> None:
