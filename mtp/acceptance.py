@@ -35,6 +35,11 @@ def tree_key(k: int, budget: int) -> str:
     return f"tree k={k} B={budget}"
 
 
+def leftover_key(drafter: str) -> str:
+    """draft_matches' key for what `drafter` drafts from a group's leftover masks (drafting.LeftoverMasks)."""
+    return f"{drafter} leftover"
+
+
 class TreeMatch(NamedTuple):
     """A draft tree replayed against the sequence: how deep its accepted path goes, where it ends."""
 
@@ -51,6 +56,12 @@ def tree_match(draft: Draft, following: Sequence[int]) -> TreeMatch:
 def _leading_matches(correct: torch.Tensor) -> list[int]:
     """(anchors, k) bool -> per anchor the number of leading True values."""
     return correct.int().cumprod(dim=1).sum(dim=1).tolist()
+
+
+def _leftover_matches(correct: torch.Tensor) -> list[list[int]]:
+    """(anchors, k) bool -> per anchor, for shift s = 1 .. k-1, the leading True values from mask s on."""
+    return torch.stack([torch.tensor(_leading_matches(correct[:, s:])) for s in range(1, correct.shape[1])],
+                       dim=1).tolist() if correct.shape[1] > 1 else [[] for _ in range(correct.shape[0])]
 
 
 @torch.inference_mode()
@@ -72,7 +83,8 @@ def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: i
     model(sequence[None], torch.arange(length, device=device)[None], use_cache=True, past_key_values=cache,
           gate=False)
     anchors = list(range(prompt_len - 1, length - 1))
-    matches: dict[str, list] = {name: [] for name in [*DRAFTERS, *(tree_key(k, b) for k, b in trees)]}
+    drafters = [*DRAFTERS, *(tree_key(k, b) for k, b in trees)]
+    matches: dict[str, list] = {name: [] for name in [*drafters, *map(leftover_key, drafters)]}
     for start in range(0, len(anchors), chunk):
         part = anchors[start:start + chunk]
         layout = mask_blocks_layout(ids, k, part, length)
@@ -83,18 +95,25 @@ def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: i
         labels = layout.labels.to(device).reshape(len(part), k)  # x_{a+1+i}, IGNORE past the end
         previous = sequence[layout.position_ids.to(device).clamp(max=length - 1)].reshape(len(part), k)
         logits = model.lm_logits(hidden)
-        matches["lm_head"] += _leading_matches(logits.argmax(-1) == labels)
+        correct = {"lm_head": logits.argmax(-1) == labels}
         if model.sampler is None:
-            matches["sampler"] += matches["lm_head"][-len(part):]
-            continue
-        chosen = greedy_sampler_drafts(model, hidden.flatten(0, 1), draft_candidates(logits.flatten(0, 1)),
-                                       previous.flatten()).reshape(len(part), k)
-        matches["sampler"] += _leading_matches(chosen == labels)
+            correct["sampler"] = correct["lm_head"]
+        else:
+            chosen = greedy_sampler_drafts(model, hidden.flatten(0, 1), draft_candidates(logits.flatten(0, 1)),
+                                           previous.flatten()).reshape(len(part), k)
+            correct["sampler"] = chosen == labels
+        for drafter, right in correct.items():
+            matches[drafter] += _leading_matches(right)
+            matches[leftover_key(drafter)] += _leftover_matches(right)
         for tree_k, budget in trees:
             for row, anchor in enumerate(part):
-                group = MaskGroup(hidden[row, :tree_k], logits[row, :tree_k], int(sequence[anchor + 1]))
-                draft = mask_tree(model, group, budget)
-                matches[tree_key(tree_k, budget)].append(tree_match(draft, ids[anchor + 2:anchor + 2 + tree_k]))
+                # shift 0: the group's own tree; shift s: the tree of its masks s.. after x_{a+1+s}.
+                shifted = [tree_match(mask_tree(model, MaskGroup(hidden[row, s:tree_k], logits[row, s:tree_k],
+                                                                 int(sequence[anchor + 1 + s])), budget),
+                                      ids[anchor + 2 + s:anchor + 2 + tree_k])
+                           for s in range(min(tree_k, length - 1 - anchor))]
+                matches[tree_key(tree_k, budget)].append(shifted[0])
+                matches[leftover_key(tree_key(tree_k, budget))].append(shifted[1:])
     return matches
 
 
@@ -119,44 +138,61 @@ def lookup_matches(prompt_ids: Sequence[int], output: Sequence[int], max_drafts:
     return entries
 
 
+def _masks_match(match: int | TreeMatch, drafts: int) -> tuple[int, PathEnd]:
+    """(accepted, where the path ended) of the masks' draft of at most `drafts` tokens."""
+    if isinstance(match, int):  # a chain: match length at the adapter's k
+        accepted = min(match, drafts)
+        return accepted, PathEnd.of_chain(accepted, drafts)
+    accepted, end = TreeMatch(*match)
+    return accepted, PathEnd(*end)
+
+
 def replay(matches: Sequence[int | TreeMatch], method: str, k: int, new_tokens: int,
-           groups: int | None = None, lookup: Sequence[tuple[int, int]] | None = None) -> list[Pass]:
+           groups: int | None = None, lookup: Sequence[tuple[int, int]] | None = None,
+           leftover: Sequence[Sequence[int | TreeMatch]] | None = None) -> list[Pass]:
     """The forward passes of greedy `method` decoding that yields `new_tokens` tokens.
 
     matches[i]: what the masks' draft after index prompt_len-1+i accepts: a chain's match length
     (at the adapter's k ≥ this k) or a tree's TreeMatch (see draft_matches). The first pass is the
     prefill (no drafts); whether the next pass has drafts is the method's policy's call (a pass
     without drafts yields one token and puts a group after it). lookup: lookup_matches of the same
-    output, for decoding with prompt-lookup drafts.
+    output, for decoding with prompt-lookup drafts. leftover: draft_matches' leftover entries of the
+    same drafter (leftover_key): quadratic decoding drafts from the newest group's leftover masks
+    where no group survived (drafting.LeftoverMasks); without them this replays a draftless pass
+    there, as decoding did before it did so.
     """
     if method not in DRAFTING_METHODS:
         raise ValueError(f"replay covers linear and quadratic decoding, not {method!r}")
     verification = policy(method, k + 1 if groups is None else groups)
     passes = [Pass(None)]
-    produced, has_drafts = 1, True  # the prefill yields x_0 and a mask group after the prompt
+    produced, newest = 1, 0  # the prefill yields x_0 and the mask group of entry 0 (after the prompt)
     while produced < new_tokens:
+        shift = produced - 1 - newest  # tokens verified since the newest group's bonus
         proposed, looked_up = lookup[produced - 1] if lookup else (0, 0)
         if proposed:  # lookup drafts (a chain) replace the masks' ones
             accepted, end = looked_up, PathEnd.of_chain(looked_up, proposed)
-        elif not has_drafts:
-            passes.append(Pass(None))
-            produced, has_drafts = produced + 1, True  # a draftless pass puts a group after its one token
-            continue
-        elif isinstance(matches[produced - 1], int):  # the chain from the group after the token before x_produced
-            accepted = min(matches[produced - 1], k)
-            end = PathEnd.of_chain(accepted, k)
+        elif shift == 0:  # the group after the token before x_produced survived
+            accepted, end = _masks_match(matches[produced - 1], k)
+        elif verification.drafts_from_leftover_masks and leftover is not None and shift <= min(len(leftover[newest]), k - 1):
+            accepted, end = _masks_match(leftover[newest][shift - 1], k - shift)
         else:
-            accepted, end = TreeMatch(*matches[produced - 1])
-            end = PathEnd(*end)
-        has_drafts = verification.keeps_group(end)
+            passes.append(Pass(None))
+            produced += 1
+            newest = produced - 1  # a draftless pass puts a group after its one token
+            continue
         passes.append(Pass(accepted, proposed))
         produced += accepted + 1
+        if verification.keeps_group(end):
+            newest = produced - 1
     return passes
 
 
 def tokens_per_step(matches: Sequence[Sequence[int | TreeMatch]], new_tokens: Sequence[int], method: str, k: int,
-                    groups: int | None = None, lookup: Sequence[Sequence[tuple[int, int]]] | None = None) -> float:
+                    groups: int | None = None, lookup: Sequence[Sequence[tuple[int, int]]] | None = None,
+                    leftover: Sequence[Sequence[Sequence[int | TreeMatch]]] | None = None) -> float:
     """τ over several sequences: Σ new tokens ÷ Σ replayed passes (each sequence's prefill included)."""
     lookup = lookup if lookup is not None else [None] * len(matches)
-    passes = sum(len(replay(m, method, k, n, groups, lu)) for m, n, lu in zip(matches, new_tokens, lookup))
+    leftover = leftover if leftover is not None else [None] * len(matches)
+    passes = sum(len(replay(m, method, k, n, groups, lu, lo))
+                 for m, n, lu, lo in zip(matches, new_tokens, lookup, leftover))
     return sum(new_tokens) / passes

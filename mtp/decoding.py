@@ -23,7 +23,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
 from .adapter import MTPModel
-from .drafting import Draft, Drafter, MaskChain, MaskGroup, MaskTree, PromptLookup
+from .drafting import Draft, Drafter, LeftoverMasks, MaskChain, MaskGroup, MaskTree, PromptLookup
 from .layouts import chain_parents, group_rows, step_layout
 from .methods import policy
 from .options import OptionError, check_decoding
@@ -184,11 +184,13 @@ class StopCriteria:
 
 def default_drafter(model: MTPModel, *, method: str, use_sampler: bool = True, lookup: int = 0,
                     tree_budget: int = 0) -> Drafter | None:
-    """The drafter a method uses: none (autoregressive), the masks' chain or tree, prompt lookup first."""
+    """The drafter a method uses: none (autoregressive), the masks' chain or tree, prompt lookup first,
+    and for quadratic the newest group's leftover masks where no group survived (mtp.methods)."""
     if method == "autoregressive":
         return None
     masks = MaskTree(model, tree_budget, use_sampler=use_sampler) if tree_budget else MaskChain(model, use_sampler)
-    return PromptLookup(lookup, masks) if lookup else masks
+    drafter = PromptLookup(lookup, masks) if lookup else masks
+    return LeftoverMasks(drafter) if policy(method).drafts_from_leftover_masks else drafter
 
 
 @torch.inference_mode()

@@ -221,6 +221,26 @@ class MaskTree:
         return mask_tree(self.model, group, self.budget, self.width, self.use_sampler)
 
 
+class LeftoverMasks:
+    """Where the accepted path ended at a node without a mask group, the newest group's masks past
+    the tokens verified since still guess what comes next: `drafter` drafts from those (k - shift
+    of them) instead of the pass going draftless (docs/design.md §5)."""
+
+    def __init__(self, drafter: Drafter) -> None:
+        self.drafter = drafter
+        self.newest: tuple[MaskGroup, int] | None = None  # the newest group fed, and the context length then
+
+    def propose(self, context: list[int], group: MaskGroup | None, sampling: Sampling) -> Draft:
+        if group is not None:
+            self.newest = (group, len(context))
+        elif self.newest is not None:
+            newest, fed_at = self.newest
+            shift = len(context) - fed_at  # tokens verified since its bonus; its mask `shift` guesses the next
+            if shift < len(newest.hidden):
+                group = MaskGroup(newest.hidden[shift:], newest.logits[shift:], context[-1])
+        return self.drafter.propose(context, group, sampling)
+
+
 # Prompt lookup: the context's last 3-gram, else 2-gram, looked up at its most recent earlier
 # occurrence. A 1-gram proposes too often to pay on the held-out distilled prompts (docs/lookup).
 LOOKUP_NGRAMS = (3, 2)

@@ -1,9 +1,11 @@
 """Verification policies: which nodes of a draft get a k-mask group in the pass that verifies it.
 
-That one choice is all that separates the methods (docs/design.md §5): the next pass has drafts
-from the masks only if the accepted path ends at a node that carried a group. Decoding asks
+That one choice is all that separates the methods (docs/design.md §5): the next pass has fresh
+drafts from the masks only if the accepted path ends at a node that carried a group. Decoding asks
 `anchors`; replaying a pass sequence from match lengths (mtp.acceptance) asks `keeps_group`,
-which says the same thing from where the accepted path ended.
+which says the same thing from where the accepted path ended. Quadratic, whose point is drafts for
+every next pass, also drafts from the newest group's leftover masks where no group survived
+(`drafts_from_leftover_masks`, drafting.LeftoverMasks); linear and autoregressive do as the paper does.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Autoregressive:
     """One token per pass, no masks."""
 
     name = "autoregressive"
+    drafts_from_leftover_masks = False
 
     def anchors(self, draft: Draft) -> list[int]:
         return []
@@ -46,6 +49,7 @@ class Linear:
     when the whole draft is accepted."""
 
     name = "linear"
+    drafts_from_leftover_masks = False
 
     def anchors(self, draft: Draft) -> list[int]:
         return [draft.main_leaf()]
@@ -59,6 +63,7 @@ class Quadratic:
     the paper's layout, groups = k+1), so some group survives most rejections."""
 
     name = "quadratic"
+    drafts_from_leftover_masks = True
 
     def __init__(self, groups: int | None = None) -> None:
         self.groups = groups  # None: every node

@@ -48,8 +48,8 @@ def random_prompt(seed: int, length: int, vocab: int) -> list[int]:
 
 
 class Oracle:
-    """A drafter proposing the true continuation as a chain of k, with only its first `correct`
-    drafts right; like the masks, it proposes only when the last pass fed a group after its path."""
+    """A drafter proposing the true continuation as a chain of k (or of the group's masks, if fewer),
+    with only its first `correct` drafts right; like the masks, it proposes only when given a group."""
 
     def __init__(self, continuation: list[int], k: int, correct: int | None = None, vocab: int = 128) -> None:
         self.continuation, self.k, self.correct, self.vocab = continuation, k, correct, vocab
@@ -58,7 +58,7 @@ class Oracle:
         if group is None:
             return Draft()
         assert context == self.continuation[:len(context)], "the context must be the greedy continuation"
-        true = self.continuation[len(context):len(context) + self.k]
+        true = self.continuation[len(context):len(context) + min(self.k, len(group.hidden))]
         good = self.k if self.correct is None else self.correct
         return Draft.chain([t if i < good else (t + 1) % self.vocab for i, t in enumerate(true)])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from decoding_helpers import greedy_reference, random_prompt, tiny_mtp
 
-from mtp.acceptance import Pass, draft_matches, lookup_matches, replay
+from mtp.acceptance import Pass, draft_matches, leftover_key, lookup_matches, replay
 from mtp.decoding import generate
 from mtp.drafting import lookup_drafts
 
@@ -32,6 +32,18 @@ def test_replay_by_hand():
     assert accepted(replay([3] * 10, "quadratic", 1, 5)) == [None, 1, 1]
     with pytest.raises(ValueError, match="replay covers linear and quadratic"):
         replay([0], "autoregressive", 1, 2)
+
+
+def test_leftover_masks_replay_by_hand():
+    # Quadratic k=4, one group (after t_0): accepting 2 drafts leaves no group. The newest group's
+    # masks 3.. still guess what follows (shift 3 here: tokens 1..3 verified since its bonus), so the
+    # next pass drafts k - 3 = 1 token from them; only when they run out is a pass draftless.
+    matches, leftover = [2] * 12, [[1, 1, 1]] * 12  # leftover[i][s-1]: the chain from mask s of group i
+    assert accepted(replay(matches, "quadratic", 4, 10, groups=1)) == [None, 2, None, 2, None, 2]
+    assert accepted(replay(matches, "quadratic", 4, 10, groups=1, leftover=leftover)) == [None, 2, 1, None, 2]
+    # Leftover entries past k - shift are capped like any chain; linear never drafts from leftovers.
+    assert accepted(replay(matches, "quadratic", 4, 10, groups=1, leftover=[[3, 3, 3]] * 12)) == [None, 2, 1, None, 2]
+    assert replay(matches, "linear", 4, 10, leftover=leftover) == replay(matches, "linear", 4, 10)
 
 
 def test_lookup_drafts_and_their_replay_by_hand():
@@ -68,14 +80,16 @@ def test_replay_equals_decoding(use_sampler: bool) -> None:
         assert len(matches["sampler"]) == len(matches["lm_head"]) == len(reference)
         assert all(0 <= m <= model.k for m in matches["sampler"] + matches["lm_head"])
         drafter = matches["sampler" if use_sampler else "lm_head"]
+        leftover = matches[leftover_key("sampler" if use_sampler else "lm_head")]
+        assert len(leftover) == len(reference) and all(len(shifts) <= model.k - 1 for shifts in leftover)
         looked_up = lookup_matches(prompt, reference, 5)
         for method, k, groups, lookup in [
                 ("linear", 1, None, 0), ("linear", 4, None, 0), ("quadratic", 1, None, 0), ("quadratic", 3, None, 0),
-                ("quadratic", 6, None, 0), ("quadratic", 6, 2, 0), ("linear", 3, None, 5), ("quadratic", 3, 2, 5)]:
+                ("quadratic", 6, None, 0), ("quadratic", 6, 2, 0), ("quadratic", 6, 1, 0), ("linear", 3, None, 5), ("quadratic", 3, 2, 5)]:
             trace = generate(model, prompt, method=method, k=k, groups=groups, max_new_tokens=40,
                              use_sampler=use_sampler, lookup=lookup)
             assert trace.token_ids == reference
-            replayed = replay(drafter, method, k, len(reference), groups, looked_up if lookup else None)
+            replayed = replay(drafter, method, k, len(reference), groups, looked_up if lookup else None, leftover)
             assert len(replayed) == trace.forward_passes, (seed, method, k, groups)
             # Only the last pass may differ: decoding counts drafts accepted past the token budget.
             assert [p.accepted or 0 for p in replayed[:-1]] == trace.accept_counts[:-1]

@@ -9,7 +9,8 @@ from decoding_helpers import (chi_square, chi_square_critical, first_three_margi
                               random_prompt, tiny_mtp)
 from mtp import decoding
 from mtp.decoding import generate
-from mtp.sampling import distribution
+from mtp.drafting import Draft, LeftoverMasks, MaskGroup
+from mtp.sampling import Sampling, distribution
 
 METHODS = ("autoregressive", "linear", "quadratic")
 K_VALUES = (1, 2, 3, 4, 8)
@@ -125,6 +126,34 @@ def test_oracle_partial_drafts_quadratic_keeps_group() -> None:
                              drafter=oracle(continuation, k, correct=correct))
             assert cheap.token_ids == trace.token_ids
             assert [len(s.drafts) for s in cheap.steps[1:5]] == [k, 0, k, 0]
+
+
+def test_leftover_masks_draft_where_no_group_survived() -> None:
+    """Quadratic with fewer groups than drafts: after a partial accept the newest group's masks past
+    the verified tokens draft the next pass (k - shift of them) instead of a draftless pass."""
+    seen = []
+
+    class Recorder:
+        def propose(self, context, group, sampling):
+            seen.append(None if group is None else (group.hidden[:, 0].tolist(), group.bonus))
+            return Draft()
+
+    drafter, greedy = LeftoverMasks(Recorder()), Sampling(0.0)
+    hidden = torch.arange(4.0)[:, None].expand(4, 3)  # mask i's hidden state is all i
+    drafter.propose([7, 8], MaskGroup(hidden, torch.zeros(4, 5), bonus=8), greedy)  # fed after context [7, 8]
+    drafter.propose([7, 8, 1, 2], None, greedy)  # 2 tokens verified since: masks 2, 3 guess what follows 2
+    drafter.propose([7, 8, 1, 2, 3, 4, 5], None, greedy)  # 5 > k: nothing left
+    assert seen == [([0.0, 1.0, 2.0, 3.0], 8), ([2.0, 3.0], 2), None]
+
+    model = tiny_mtp("qwen2", seed=4, lora_std=0.5)
+    prompt = random_prompt(8, 6, 128)
+    reference = greedy_reference(model, prompt, 40)
+    trace = generate(model, prompt, method="quadratic", k=4, groups=1, max_new_tokens=40,
+                     drafter=LeftoverMasks(oracle(prompt + reference, 4, correct=1)))
+    assert trace.token_ids == reference
+    # One right draft, then a wrong one: no group survives; masks 2, 3 of the group draft the next
+    # pass, which accepts one of them too: shift 4 = k, no masks left, so a draftless pass follows.
+    assert [len(s.drafts) for s in trace.steps[1:7]] == [4, 2, 0, 4, 2, 0]
 
 
 def test_eos_max_new_tokens_and_chunks() -> None:

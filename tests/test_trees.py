@@ -9,7 +9,7 @@ import torch
 from decoding_helpers import greedy_reference, random_prompt, tiny_mtp
 from transformers import DynamicCache
 
-from mtp.acceptance import draft_matches, replay, tree_key, tree_match
+from mtp.acceptance import draft_matches, leftover_key, replay, tree_key, tree_match
 from mtp.decoding import generate, keep_in_cache
 from mtp.drafting import Draft, MaskChain, MaskGroup, mask_tree
 from mtp.layouts import ancestor_matrix, chain_parents, step_layout, tree_positions
@@ -159,7 +159,8 @@ def test_tree_replay_equals_decoding() -> None:
             for method, groups in (("linear", None), ("quadratic", None), ("quadratic", 1), ("quadratic", 2)):
                 trace = generate(model, prompt, method=method, k=k, groups=groups, max_new_tokens=40, tree_budget=budget)
                 assert trace.token_ids == reference
-                passes = replay(matches[tree_key(k, budget)], method, k, len(reference), groups)
+                passes = replay(matches[tree_key(k, budget)], method, k, len(reference), groups,
+                                leftover=matches[leftover_key(tree_key(k, budget))])
                 assert len(passes) == trace.forward_passes, (seed, method, k, budget, groups)
                 assert [p.accepted or 0 for p in passes[:-1]] == trace.accept_counts[:-1]
                 assert [p.accepted is not None for p in passes] == [bool(step.drafts) for step in trace.steps]

@@ -20,6 +20,7 @@ from ..methods import Autoregressive, Linear, Policy, Quadratic
 from ..sampling import Sampling
 from .measure import sync
 from .runs import Settings, tree_configs
+from .summary import leftover_of
 
 CURVE_LENGTHS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50, 64, 81, 100)
 LM_HEAD_ROWS = (1, 2, 4, 8, 9, 16, 17, 25, 32, 64, 81)
@@ -133,8 +134,9 @@ def predict(results: list[dict], curve: dict, settings: Settings) -> list[dict]:
     exact pass sequence, replayed from its teacher-forced matches (mtp.acceptance), priced by the
     cost curve.
 
-    A pass with drafts costs its shape's pass plus drafting (the chain, or the tree); a draftless
-    pass (after the accepted path ended where no group was) costs the 1-token pass plus drafting.
+    A pass with drafts costs its shape's pass plus drafting (the chain, or the tree; drafts from
+    leftover masks are priced as a full draft); a draftless pass (after the accepted path ended
+    where no group was, and no leftover masks were left) costs the 1-token pass plus drafting.
     A pass verifying m lookup drafts costs the chain shape with the same groups, plus the backbone's
     cost of its extra input tokens. The prefill is the same for every method and is not priced.
     """
@@ -164,7 +166,7 @@ def predict(results: list[dict], curve: dict, settings: Settings) -> list[dict]:
             for lookup in lookups:
                 passes = [p for e in entries for p in acceptance.replay(
                     e["draft_matches"][drafter], method, k, e["baseline"]["new_tokens"], groups,
-                    e["lookup_matches"] if lookup else None)[1:]]
+                    e["lookup_matches"] if lookup else None, leftover_of(e, drafter))[1:]]
                 if not passes:
                     continue
                 seconds = sum(lookup_pass(method, groups, p.lookup_drafts) + draft_cost if p.lookup_drafts

@@ -60,7 +60,13 @@ def summarize(results: list[dict], settings: Settings) -> dict:
 def _replayed(entries: list[dict], drafter: str, method: str, k: int, groups: int | None = None) -> float:
     # A prompt that generated nothing has no draft matches: its one pass is the prefill.
     return acceptance.tokens_per_step([e.get("draft_matches", {}).get(drafter, []) for e in entries],
-                                      [e["baseline"]["new_tokens"] for e in entries], method, k, groups)
+                                      [e["baseline"]["new_tokens"] for e in entries], method, k, groups,
+                                      leftover=[leftover_of(e, drafter) for e in entries])
+
+
+def leftover_of(entry: dict, drafter: str) -> list | None:
+    """The entry's leftover-mask matches of `drafter` (None in results measured before they existed)."""
+    return entry.get("draft_matches", {}).get(acceptance.leftover_key(drafter))
 
 
 def tau_table(entries: list[dict], settings: Settings) -> dict:
@@ -89,7 +95,8 @@ def tau_table(entries: list[dict], settings: Settings) -> dict:
         # One prompt's replayed τ equals its decoded τ exactly when the pass counts are equal.
         pairs = [(run["steps"], len(acceptance.replay(e.get("draft_matches", {}).get(drafter, []), name.method, name.k,
                                                       e["baseline"]["new_tokens"], groups_of(settings, name.method, name.k),
-                                                      e.get("lookup_matches") if name.lookup else None)))
+                                                      e.get("lookup_matches") if name.lookup else None,
+                                                      leftover_of(e, drafter))))
                  for e in entries for run in e["runs"] if run_of(run) == name and drafter in e.get("draft_matches", {})]
         agreement[run_name(name)] = {"prompts": len(pairs), "same_passes": sum(a == b for a, b in pairs)}
     return {"tau": table, "trees": trees, "tree_groups": tree_groups, "replay_agreement": agreement}
