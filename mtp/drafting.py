@@ -192,11 +192,11 @@ def mask_tree(model: MTPModel, group: MaskGroup, budget: int, width: int = TREE_
         else:
             logits = group.logits[depth, candidates[depth]].expand(len(expand), -1)
         top_probs, top_index = torch.softmax(logits.float(), dim=-1).topk(min(width, budget, rows.shape[1]), dim=-1)
-        frontier = []
+        frontier, row_tokens = [], candidates[depth].tolist()  # one conversion, not one per child
         for parent, probs, index in zip(expand, top_probs.tolist(), top_index.tolist()):
             for prob, i in zip(probs, index):
                 frontier.append(len(tokens))
-                tokens.append(int(candidates[depth, i]))
+                tokens.append(row_tokens[i])
                 parents.append(parent)
                 scores.append(score_of(parent) * prob)
                 depths.append(depth + 1)
