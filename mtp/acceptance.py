@@ -22,7 +22,7 @@ import torch
 from transformers import DynamicCache
 
 from .adapter import MTPModel
-from .drafting import LOOKUP_NGRAMS, Draft, MaskGroup, draft_candidates, greedy_sampler_drafts, lookup_drafts, mask_tree
+from .drafting import LOOKUP_NGRAMS, Draft, MaskGroup, draft_candidates, greedy_sampler_drafts, lookup_drafts, mask_trees
 from .layouts import mask_blocks_layout
 from .methods import PathEnd, policy
 from .options import DRAFTING_METHODS
@@ -108,10 +108,10 @@ def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: i
         for tree_k, budget in trees:
             for row, anchor in enumerate(part):
                 # shift 0: the group's own tree; shift s: the tree of its masks s.. after x_{a+1+s}.
-                shifted = [tree_match(mask_tree(model, MaskGroup(hidden[row, s:tree_k], logits[row, s:tree_k],
-                                                                 int(sequence[anchor + 1 + s])), budget),
-                                      ids[anchor + 2 + s:anchor + 2 + tree_k])
-                           for s in range(min(tree_k, length - 1 - anchor))]
+                shifts = range(min(tree_k, length - 1 - anchor))
+                drafts = mask_trees(model, [MaskGroup(hidden[row, s:tree_k], logits[row, s:tree_k],
+                                                      int(sequence[anchor + 1 + s])) for s in shifts], budget)
+                shifted = [tree_match(draft, ids[anchor + 2 + s:anchor + 2 + tree_k]) for s, draft in zip(shifts, drafts)]
                 matches[tree_key(tree_k, budget)].append(shifted[0])
                 matches[leftover_key(tree_key(tree_k, budget))].append(shifted[1:])
     return matches

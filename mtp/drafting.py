@@ -164,48 +164,76 @@ class MaskChain:
 TREE_WIDTH = 8
 
 
-def mask_tree(model: MTPModel, group: MaskGroup, budget: int, width: int = TREE_WIDTH,
-              use_sampler: bool = True) -> Draft:
-    """The `budget` most probable nodes of the masks' draft tree (deterministic, parents first).
+class _GrowingTree:
+    """One tree while mask_trees grows it: every node expanded so far, parents first."""
+
+    def __init__(self, bonus: int) -> None:
+        self.bonus = bonus
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+        self.scores: list[float] = []
+        self.depths: list[int] = []
+        self.frontier = [-1]  # node indices; -1 is t_0 (token: the bonus, score 1)
+
+    def token_of(self, node: int) -> int:
+        return self.bonus if node < 0 else self.tokens[node]
+
+    def score_of(self, node: int) -> float:
+        return 1.0 if node < 0 else self.scores[node]
+
+    def add(self, token: int, parent: int, prob: float, depth: int) -> None:
+        self.frontier.append(len(self.tokens))
+        self.tokens.append(token)
+        self.parents.append(parent)
+        self.scores.append(self.score_of(parent) * prob)
+        self.depths.append(depth)
+
+    def cut(self, budget: int) -> Draft:
+        """The `budget` most probable nodes. A child never outscores its parent, and ties go to the
+        shallower node: the kept set is a tree."""
+        kept = sorted(range(len(self.tokens)), key=lambda i: (-self.scores[i], self.depths[i]))[:budget]
+        kept.sort(key=lambda i: (self.depths[i], -self.scores[i]))
+        new_index = {old: new for new, old in enumerate(kept)}
+        return Draft([self.tokens[i] for i in kept], [new_index.get(self.parents[i], -1) for i in kept], None,
+                     [self.scores[i] for i in kept])
+
+
+def mask_trees(model: MTPModel, groups: Sequence[MaskGroup], budget: int, width: int = TREE_WIDTH,
+               use_sampler: bool = True) -> list[Draft]:
+    """Each group's `budget` most probable nodes of the masks' draft tree (deterministic, parents first).
 
     Depth i's candidates are mask i's lm_head top-C, scored by the sampler given the parent's
     token; a node's score is the product of its path's draft probabilities. Width 1 and budget k
-    is the greedy sampler chain."""
-    k = group.hidden.shape[0]
-    candidates = draft_candidates(group.logits)
+    is the greedy sampler chain. Several groups (of any sizes) share one sampler call per depth."""
+    candidates = [draft_candidates(group.logits) for group in groups]
     sampler = use_sampler and model.sampler is not None
-    tokens, parents, scores, depths = [], [], [], []
-    frontier = [-1]  # node indices; -1 is t_0 (token: the bonus, score 1)
-
-    def token_of(node: int) -> int:
-        return group.bonus if node < 0 else tokens[node]
-
-    def score_of(node: int) -> float:
-        return 1.0 if node < 0 else scores[node]
-
-    for depth in range(k):
-        expand = sorted(frontier, key=lambda node: -score_of(node))[:min(width, budget)]
-        rows = candidates[depth].expand(len(expand), -1)
+    trees = [_GrowingTree(group.bonus) for group in groups]
+    for depth in range(max((len(group.hidden) for group in groups), default=0)):
+        active = [(i, sorted(trees[i].frontier, key=lambda node: -trees[i].score_of(node))[:min(width, budget)])
+                  for i, group in enumerate(groups) if depth < len(group.hidden)]
+        rows = torch.cat([candidates[i][depth].expand(len(expand), -1) for i, expand in active])
         if sampler:
-            prev = torch.tensor([token_of(node) for node in expand], device=group.hidden.device)
-            logits = model.sampler_logits(group.hidden[depth].expand(len(expand), -1), prev, rows)
+            hidden = torch.cat([groups[i].hidden[depth].expand(len(expand), -1) for i, expand in active])
+            prev = torch.tensor([trees[i].token_of(node) for i, expand in active for node in expand], device=rows.device)
+            logits = model.sampler_logits(hidden, prev, rows)
         else:
-            logits = group.logits[depth, candidates[depth]].expand(len(expand), -1)
+            logits = torch.cat([groups[i].logits[depth, candidates[i][depth]].expand(len(expand), -1)
+                                for i, expand in active])
         top_probs, top_index = torch.softmax(logits.float(), dim=-1).topk(min(width, budget, rows.shape[1]), dim=-1)
-        frontier, row_tokens = [], candidates[depth].tolist()  # one conversion, not one per child
-        for parent, probs, index in zip(expand, top_probs.tolist(), top_index.tolist()):
-            for prob, i in zip(probs, index):
-                frontier.append(len(tokens))
-                tokens.append(row_tokens[i])
-                parents.append(parent)
-                scores.append(score_of(parent) * prob)
-                depths.append(depth + 1)
-    # A child never outscores its parent, and ties go to the shallower node: the kept set is a tree.
-    kept = sorted(range(len(tokens)), key=lambda i: (-scores[i], depths[i]))[:budget]
-    kept.sort(key=lambda i: (depths[i], -scores[i]))
-    new_index = {old: new for new, old in enumerate(kept)}
-    return Draft([tokens[i] for i in kept], [new_index.get(parents[i], -1) for i in kept], None,
-                 [scores[i] for i in kept])
+        children = iter(zip(top_probs.tolist(), top_index.tolist()))
+        for i, expand in active:
+            tree, row_tokens = trees[i], candidates[i][depth].tolist()  # one conversion, not one per child
+            tree.frontier = []
+            for parent, (probs, index) in zip(expand, children):
+                for prob, column in zip(probs, index):
+                    tree.add(row_tokens[column], parent, prob, depth + 1)
+    return [tree.cut(budget) for tree in trees]
+
+
+def mask_tree(model: MTPModel, group: MaskGroup, budget: int, width: int = TREE_WIDTH,
+              use_sampler: bool = True) -> Draft:
+    """The masks' draft tree of one group (mask_trees)."""
+    return mask_trees(model, [group], budget, width, use_sampler)[0]
 
 
 class MaskTree:
