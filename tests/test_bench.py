@@ -345,3 +345,15 @@ def test_draft_trees_decoded_replayed_and_priced(tiny, tmp_path):
     assert "tree_budget" in report["defaults"]
     page = (out / "results.md").read_text()
     assert "sampler draft tree 6 nodes" in page and "| tree |" in page
+
+
+def test_several_group_counts_are_runs_of_their_own() -> None:
+    settings = bench.Settings(methods=("quadratic", "linear"), k_list=(1, 4), groups=(1, 2, 9), lookup="on")
+    names = [bench.run_name(run) for run in bench.runs_of(settings)]
+    # G is capped at k+1: at k=1, 2 and 9 are both the paper's layout, measured once.
+    assert names == ["quadratic k=1 G=1 + lookup", "quadratic k=1 G=2 + lookup", "quadratic k=4 G=1 + lookup",
+                     "quadratic k=4 G=2 + lookup", "quadratic k=4 G=5 + lookup", "linear k=1 + lookup",
+                     "linear k=4 + lookup"]
+    # A measured result names its run, groups included.
+    run = bench.runs_of(settings)[1]
+    assert bench.run_of({"method": "quadratic", "k": 1, "lookup": True, "tree_budget": 0, "groups": 2}) == run

@@ -25,7 +25,7 @@ from ..adapter import MTPModel
 from ..data import PromptRecord
 from ..models import encode_prompt
 from ..options import eos_token_ids
-from .runs import BASELINE, Run, Settings, groups_of, run_name, runs_of, tree_configs
+from .runs import BASELINE, Run, Settings, run_name, runs_of, tree_configs
 
 PARTIAL_FILE = "partial.jsonl"  # finished prompts of a run in progress, for --resume
 
@@ -69,7 +69,7 @@ def run_mtp(model: MTPModel, prompt_ids: list[int], run: Run, settings: Settings
     trace = decoding.generate(
         model, prompt_ids, method=run.method, k=run.k, max_new_tokens=settings.max_new_tokens, eos_token_ids=eos,
         use_sampler=settings.use_sampler, lookup=settings.prompt_lookup_tokens if run.lookup else 0,
-        groups=groups_of(settings, run.method, run.k), tree_budget=run.tree_budget)
+        groups=run.groups, tree_budget=run.tree_budget)
     sync(device)
     seconds = time.perf_counter() - start
     return {
@@ -139,7 +139,7 @@ def measure_prompt(model: MTPModel, record: PromptRecord, prompt_ids: list[int],
              "prompt_tokens": len(prompt_ids), "baseline": baseline, "runs": []}
     for name in runs_of(settings):
         run = measured[name]
-        run.update(method=name.method, k=name.k, lookup=name.lookup, tree_budget=name.tree_budget,
+        run.update(method=name.method, k=name.k, lookup=name.lookup, tree_budget=name.tree_budget, groups=name.groups,
                    mismatch_at=first_mismatch(run["token_ids"], baseline["token_ids"]))
         if run["mismatch_at"] is None:
             del run["token_ids"]  # the baseline's tokens; kept only where they differ

@@ -47,7 +47,7 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}`  ", f"Date: {report['created']}  ",
         f"Model: {report['model']['name']}, checkpoint: {report['model']['checkpoint'] or 'none (fresh adapter)'} "
         f"(k={report['model']['k']}, sampler {'on' if settings['use_sampler'] else 'off'}"
-        f"{'' if settings['groups'] is None else ', quadratic groups ' + str(settings['groups'])})  ",
+        f"{', quadratic groups ' + ','.join(map(str, settings['groups'])) if settings['groups'] else ''})  ",
         f"Machine: {machine['cpu']} ({machine['cpu_count']} cores, torch {machine['torch']}, "
         f"{machine['torch_threads']} threads, device {machine['device']}"
         f"{', CPU linear kernel ' + machine.get('cpu_linear', 'torch') if machine['device'] == 'cpu' else ''}), "

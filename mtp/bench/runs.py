@@ -20,7 +20,7 @@ class Settings:
     methods: tuple[str, ...] = METHODS
     k_list: tuple[int, ...] = (1, 2, 4, 8)
     max_new_tokens: int = 128
-    groups: int | None = None  # quadratic mask groups (None: k+1, the paper's layout)
+    groups: tuple[int, ...] = ()  # quadratic mask-group counts, each a run, capped at k+1 (none: k+1, the paper's)
     use_sampler: bool = True
     prompt_lookup_tokens: int = 10  # drafts per pass of prompt lookup: transformers' and the engine's
     lookup: str = "off"  # linear/quadratic runs with prompt-lookup drafts: off, on, or both (each run twice)
@@ -40,6 +40,7 @@ class Run(NamedTuple):
     k: int | None = None  # None where it does not apply
     lookup: bool = False  # linear/quadratic with prompt-lookup drafts (decoding's lookup option)
     tree_budget: int = 0  # linear/quadratic drafting trees of this many nodes (0: chains)
+    groups: int | None = None  # quadratic mask groups (None: k+1, the paper's layout)
 
 
 def runs_of(settings: Settings) -> list[Run]:
@@ -49,20 +50,22 @@ def runs_of(settings: Settings) -> list[Run]:
         if method in ("autoregressive", "prompt_lookup"):
             runs.append(Run(method))
         else:
-            runs.extend(Run(method, k, lookup, settings.tree_budget)
-                        for k in settings.k_list for lookup in LOOKUP_RUNS[settings.lookup])
+            runs.extend(Run(method, k, lookup, settings.tree_budget, groups)
+                        for k in settings.k_list for groups in groups_of(settings, method, k)
+                        for lookup in LOOKUP_RUNS[settings.lookup])
     return runs
 
 
 def run_of(result: dict) -> Run:
     """The Run a measured result belongs to (results written before lookup existed have none)."""
-    return Run(result["method"], result["k"], result.get("lookup", False), result.get("tree_budget", 0))
+    return Run(result["method"], result["k"], result.get("lookup", False), result.get("tree_budget", 0),
+               result.get("groups"))
 
 
 def run_name(run: Run) -> str:
-    """The run's label in the report, e.g. `quadratic k=4 tree 6 + lookup`."""
-    return (run.method + ("" if run.k is None else f" k={run.k}") + (f" tree {run.tree_budget}" if run.tree_budget else "")
-            + (" + lookup" if run.lookup else ""))
+    """The run's label in the report, e.g. `quadratic k=4 G=1 tree 6 + lookup`."""
+    return (run.method + ("" if run.k is None else f" k={run.k}") + ("" if run.groups is None else f" G={run.groups}")
+            + (f" tree {run.tree_budget}" if run.tree_budget else "") + (" + lookup" if run.lookup else ""))
 
 
 def tree_configs(settings: Settings) -> list[tuple[int, int]]:
@@ -81,7 +84,9 @@ def limit_per_domain(records: list[PromptRecord], limit: int) -> list[PromptReco
     return kept
 
 
-def groups_of(settings: Settings, method: str, k: int) -> int | None:
-    """The quadratic groups a run uses (None: k+1, the paper's layout)."""
-    return min(settings.groups, k + 1) if method == "quadratic" and settings.groups else None
+def groups_of(settings: Settings, method: str, k: int) -> list[int | None]:
+    """The quadratic group counts measured at this k (None: k+1, the paper's layout)."""
+    if method != "quadratic" or not settings.groups:
+        return [None]
+    return sorted({min(groups, k + 1) for groups in settings.groups})
 

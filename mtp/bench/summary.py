@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .. import acceptance
 from ..options import DRAFTING_METHODS
-from .runs import BASELINE, Settings, groups_of, run_name, run_of, runs_of
+from .runs import BASELINE, Settings, run_name, run_of, runs_of
 
 
 def _offset_acceptance(runs: list[dict], k: int) -> list[float]:
@@ -94,7 +94,7 @@ def tau_table(entries: list[dict], settings: Settings) -> dict:
         drafter = acceptance.tree_key(name.k, name.tree_budget) if name.tree_budget else chain_drafter
         # One prompt's replayed τ equals its decoded τ exactly when the pass counts are equal.
         pairs = [(run["steps"], len(acceptance.replay(e.get("draft_matches", {}).get(drafter, []), name.method, name.k,
-                                                      e["baseline"]["new_tokens"], groups_of(settings, name.method, name.k),
+                                                      e["baseline"]["new_tokens"], name.groups,
                                                       e.get("lookup_matches") if name.lookup else None,
                                                       leftover_of(e, drafter))))
                  for e in entries for run in e["runs"] if run_of(run) == name and drafter in e.get("draft_matches", {})]

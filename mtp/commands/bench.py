@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="docs/bench", help="output directory (default docs/bench)")
     parser.add_argument("--model", default=None, help="embedded model name, model directory or Hub id")
     parser.add_argument("--checkpoint", default=None, help="MTP checkpoint directory (default: the shipped one)")
-    parser.add_argument("--groups", type=int, default=None,
-                        help="quadratic: mask groups after the first G tokens (capped at k+1; default k+1)")
+    parser.add_argument("--groups", default=None, metavar="G,G",
+                        help="quadratic: mask groups after the first G tokens (capped at k+1; default k+1); "
+                             "several: a run for each")
     parser.add_argument("--no-sampler", action="store_true", help="draft with lm_head at the masks, not the sampler")
     parser.add_argument("--tree-budget", type=int, default=0, metavar="N",
                         help="decoded linear/quadratic runs draft trees of at most N nodes (0: chains, the default)")
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
                          "or name methods")
     k_list = _int_list(args.k_list, "--k-list") if args.k_list is not None else None
     tau_trees = _int_list(args.tau_trees, "--tau-trees") if args.tau_trees is not None else ()
+    groups = _int_list(args.groups, "--groups") if args.groups is not None else ()
     try:
         for budget in (args.tree_budget, *tau_trees):
             check_decoding(tree_budget=budget)
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--tree-budget/--tau-trees: {error}") from None
     if args.tree_budget and not {"linear", "quadratic"} & set(methods):
         raise UsageError("--tree-budget applies to the linear and quadratic methods, and --methods has neither")
-    for name in ("limit", "max_new_tokens", "groups", "prompt_lookup_tokens", "threads"):
+    for name in ("limit", "max_new_tokens", "prompt_lookup_tokens", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -156,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     if max(k_list) > model.k:
         raise UsageError(f"--k-list asks for k={max(k_list)} but the checkpoint has k={model.k}")
     settings = bench.Settings(methods=methods, k_list=k_list, max_new_tokens=args.max_new_tokens,
-                              groups=args.groups, use_sampler=not args.no_sampler,
+                              groups=groups, use_sampler=not args.no_sampler,
                               prompt_lookup_tokens=args.prompt_lookup_tokens, lookup=args.lookup,
                               chat_template=not args.no_chat_template,
                               tau_table_k=model.k if args.tau_table or args.cost_curve or tau_trees else 0,
