@@ -357,3 +357,20 @@ def test_several_group_counts_are_runs_of_their_own() -> None:
     # A measured result names its run, groups included.
     run = bench.runs_of(settings)[1]
     assert bench.run_of({"method": "quadratic", "k": 1, "lookup": True, "tree_budget": 0, "groups": 2}) == run
+
+
+def test_group_counts_and_tree_budgets_side_by_side(tiny, tmp_path):
+    """--groups G,G and --tree-budget N,N: a decoded run per combination, each named, replayed pass for
+    pass (1 group: quadratic drafts from leftover masks) and given its τ table in results.md."""
+    out = tmp_path / "out"
+    assert main(bench_args(tiny, out, "--limit", "1", "--k-list", "2", "--max-new-tokens", "12", "--methods",
+                           "quadratic", "--groups", "1,3", "--tree-budget", "0,4", "--lookup", "both",
+                           "--tau-table")) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert report["mismatches"] == []
+    names = [f"quadratic k=2 G={g}{tree}{lookup}" for g in (1, 3) for tree in ("", " tree 4") for lookup in ("", " + lookup")]
+    assert sorted(report["summary"]["all"]["runs"]) == sorted(names)
+    agreement = report["summary"]["all"]["tau_table"]["replay_agreement"]
+    assert sorted(agreement) == sorted(names) and all(a["same_passes"] == a["prompts"] == 3 for a in agreement.values())
+    page = (out / "results.md").read_text()
+    assert all(f"## τ (tokens per step), {name.replace(' k=2', '')}\n" in page for name in names)

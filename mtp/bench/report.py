@@ -11,7 +11,7 @@ from plotly.subplots import make_subplots
 
 from ..atomic import write_text as write_atomic
 from ..options import DRAFTING_METHODS
-from .runs import BASELINE, LOOKUP_RUNS, Run, run_name, run_of
+from .runs import BASELINE, Run, run_name, run_of
 
 RESULTS_FILE = "bench.json"
 DEFAULTS_FILE = "defaults.json"
@@ -38,7 +38,6 @@ def markdown(report: dict) -> str:
     """results.md: identity, the Table-1 layout of τ, speed tables, cost curve and chosen defaults."""
     settings, summary = report["settings"], report["summary"]
     domains = list(summary)
-    k_list = settings["k_list"]
     machine = report["machine"]
     total_runs = sum(len(e["runs"]) for e in report["prompts"])
     counts = ", ".join(f"{d} {summary[d][BASELINE]['prompts']}" for d in domains[:-1])
@@ -69,15 +68,10 @@ def markdown(report: dict) -> str:
         parts.append(f"All {total_runs} greedy runs are token-identical to `generate` (0 mismatches).")
     else:
         parts.append("No decoded run to compare (`--methods none`): τ below is replayed from the teacher-forced table.")
-    for method, lookup in [(m, lu) for m in ("linear", "quadratic") for lu in (False, True)]:
-        if method not in settings["methods"] or lookup not in LOOKUP_RUNS[settings.get("lookup", "off")]:
-            continue
-        tree = settings.get("tree_budget", 0)
-        parts += ["", f"## τ (tokens per step), {method}{f' tree {tree}' if tree else ''}"
-                      f"{' + lookup' if lookup else ''}", ""]
-        rows = [[d] + [_fmt(summary[d]["runs"][run_name(Run(method, k, lookup, tree))]["tokens_per_step"])
-                       for k in k_list] for d in domains]
-        parts.append(_table(["domain"] + [f"k={k}" for k in k_list], rows))
+    for family, runs in _families(report).items():
+        parts += ["", f"## τ (tokens per step), {run_name(family)}", ""]
+        rows = [[d] + [_fmt(summary[d]["runs"][run_name(run)]["tokens_per_step"]) for run in runs] for d in domains]
+        parts.append(_table(["domain"] + [f"k={run.k}" for run in runs], rows))
     if "prompt_lookup" in settings["methods"]:
         parts += ["", "Prompt lookup τ: " + ", ".join(
             f"{d} {_fmt(summary[d]['runs']['prompt_lookup']['tokens_per_step'])}" for d in domains)]
@@ -172,6 +166,15 @@ def _tau_table_markdown(summary: dict, settings: dict) -> list[str]:
     return parts
 
 
+def _families(report: dict) -> dict[Run, list[Run]]:
+    """The decoded linear/quadratic runs, measuring order, by everything but k (the run with k=None)."""
+    families: dict[Run, list[Run]] = {}
+    for run in dict.fromkeys(run_of(r) for e in report["prompts"] for r in e["runs"]):
+        if run.method in DRAFTING_METHODS:
+            families.setdefault(run._replace(k=None), []).append(run)
+    return families
+
+
 def figures(report: dict) -> dict[str, go.Figure]:
     """τ vs k per domain (one panel per method), speedup per run and domain, and the cost curve."""
     settings, summary = report["settings"], report["summary"]
@@ -179,20 +182,25 @@ def figures(report: dict) -> dict[str, go.Figure]:
     out = {}
     table_k = settings.get("tau_table_k", 0)
     # τ vs k from the τ table (every k, replayed) when there is one, else from the decoded runs.
-    methods = list(DRAFTING_METHODS) if table_k else [m for m in DRAFTING_METHODS if m in settings["methods"]]
-    ks = list(range(1, table_k + 1)) if table_k else list(settings["k_list"])
+    # Without the table: each method's first family of decoded runs (e.g. quadratic G=1 + lookup).
+    firsts = {}
+    for runs in _families(report).values():
+        firsts.setdefault(runs[0].method, runs)
+    methods = list(DRAFTING_METHODS) if table_k else list(firsts)
+
+    def ks(method: str) -> list[int]:
+        return list(range(1, table_k + 1)) if table_k else [run.k for run in firsts[method]]
 
     def taus(domain: str, method: str) -> list[float]:
         if table_k:
             return summary[domain]["tau_table"]["tau"]["sampler"][method]
-        lookup = LOOKUP_RUNS[settings.get("lookup", "off")][0]
-        return [summary[domain]["runs"][run_name(Run(method, k, lookup, settings.get("tree_budget", 0)))]["tokens_per_step"] for k in ks]
+        return [summary[domain]["runs"][run_name(run)]["tokens_per_step"] for run in firsts[method]]
     if methods:
         fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, shared_yaxes=True)
         for col, method in enumerate(methods, start=1):
             for i, domain in enumerate(domains):
                 fig.add_trace(go.Scatter(
-                    x=ks, y=taus(domain, method), mode="lines+markers", name=domain, legendgroup=domain,
+                    x=ks(method), y=taus(domain, method), mode="lines+markers", name=domain, legendgroup=domain,
                     showlegend=col == 1, line={"color": _color(i), "dash": "dot" if domain == "all" else None}),
                     row=1, col=col)
             fig.update_xaxes(title_text="k (masks)", row=1, col=col)

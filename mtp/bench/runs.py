@@ -28,7 +28,7 @@ class Settings:
     # τ of linear/quadratic at k = 1..tau_table_k (0: no table), with and without the sampler,
     # replayed from one teacher-forced pass over each greedy output (mtp.acceptance).
     tau_table_k: int = 0
-    tree_budget: int = 0  # decoded linear/quadratic runs draft trees of this many nodes (0: chains)
+    tree_budgets: tuple[int, ...] = (0,)  # decoded linear/quadratic runs, one per tree budget (0: chains)
     # Draft-tree budgets replayed too: τ table rows at each k of k_list, and autotuning candidates.
     tau_trees: tuple[int, ...] = ()
 
@@ -50,9 +50,9 @@ def runs_of(settings: Settings) -> list[Run]:
         if method in ("autoregressive", "prompt_lookup"):
             runs.append(Run(method))
         else:
-            runs.extend(Run(method, k, lookup, settings.tree_budget, groups)
+            runs.extend(Run(method, k, lookup, budget, groups)
                         for k in settings.k_list for groups in groups_of(settings, method, k)
-                        for lookup in LOOKUP_RUNS[settings.lookup])
+                        for budget in settings.tree_budgets for lookup in LOOKUP_RUNS[settings.lookup])
     return runs
 
 
@@ -69,8 +69,10 @@ def run_name(run: Run) -> str:
 
 
 def tree_configs(settings: Settings) -> list[tuple[int, int]]:
-    """(k, budget) of every draft tree replayed from the teacher-forced pass."""
-    return [(k, budget) for budget in settings.tau_trees for k in settings.k_list]
+    """(k, budget) of every draft tree replayed from the teacher-forced pass: --tau-trees' budgets and
+    those of the decoded runs (so each decoded tree run is checked against its replay)."""
+    budgets = sorted(set(settings.tau_trees) | {b for b in settings.tree_budgets if b})
+    return [(k, budget) for budget in budgets for k in settings.k_list]
 
 
 def limit_per_domain(records: list[PromptRecord], limit: int) -> list[PromptRecord]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .. import acceptance
 from ..options import DRAFTING_METHODS
-from .runs import BASELINE, Settings, run_name, run_of, runs_of
+from .runs import BASELINE, Settings, run_name, run_of, runs_of, tree_configs
 
 
 def _offset_acceptance(runs: list[dict], k: int) -> list[float]:
@@ -76,16 +76,17 @@ def tau_table(entries: list[dict], settings: Settings) -> dict:
     table = {drafter: {method: [_replayed(entries, drafter, method, k) for k in range(1, settings.tau_table_k + 1)]
                        for method in DRAFTING_METHODS}
              for drafter in acceptance.DRAFTERS}
+    budgets = sorted({budget for _, budget in tree_configs(settings)})
     trees = {f"tree {budget}": {method: {str(k): _replayed(entries, acceptance.tree_key(k, budget), method, k)
                                          for k in settings.k_list}
                                 for method in DRAFTING_METHODS}
-             for budget in settings.tau_trees}
+             for budget in budgets}
     # Quadratic trees by mask groups: the draft after a pass exists only if the accepted path ended at a
     # node with a group, so τ grows with G (up to a group after every node) while the pass grows by k per group.
     tree_groups = {f"tree {budget}": {str(k): {str(g): _replayed(entries, acceptance.tree_key(k, budget), "quadratic", k, g)
                                                for g in tree_group_sweep(k, budget)}
                                       for k in settings.k_list}
-                   for budget in settings.tau_trees}
+                   for budget in budgets}
     chain_drafter = acceptance.DRAFTERS[0] if settings.use_sampler else acceptance.DRAFTERS[1]
     agreement = {}
     for name in runs_of(settings):

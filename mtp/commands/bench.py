@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="quadratic: mask groups after the first G tokens (capped at k+1; default k+1); "
                              "several: a run for each")
     parser.add_argument("--no-sampler", action="store_true", help="draft with lm_head at the masks, not the sampler")
-    parser.add_argument("--tree-budget", type=int, default=0, metavar="N",
-                        help="decoded linear/quadratic runs draft trees of at most N nodes (0: chains, the default)")
+    parser.add_argument("--tree-budget", default="0", metavar="N,N",
+                        help="decoded linear/quadratic runs draft trees of at most N nodes (0: chains, the default); "
+                             "several: a run for each")
     parser.add_argument("--tau-trees", default=None, metavar="N,N",
                         help="draft-tree budgets to replay at each k of --k-list: τ table rows and, with "
                              "--cost-curve, candidates for the defaults (implies --tau-table)")
@@ -59,13 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_cpu_linear_argument(parser)
 
 
-def _int_list(text: str, name: str) -> tuple[int, ...]:
+def _int_list(text: str, name: str, minimum: int = 1) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(","))
     except ValueError:
         raise UsageError(f"{name} must be comma-separated integers, got '{text}'") from None
-    if not values or any(v < 1 for v in values):
-        raise UsageError(f"{name} values must be at least 1, got '{text}'")
+    if not values or any(v < minimum for v in values):
+        raise UsageError(f"{name} values must be at least {minimum}, got '{text}'")
     if len(set(values)) != len(values):
         raise UsageError(f"{name} repeats a value: '{text}'")
     return tuple(sorted(values))
@@ -103,12 +104,13 @@ def run(args: argparse.Namespace) -> int:
     k_list = _int_list(args.k_list, "--k-list") if args.k_list is not None else None
     tau_trees = _int_list(args.tau_trees, "--tau-trees") if args.tau_trees is not None else ()
     groups = _int_list(args.groups, "--groups") if args.groups is not None else ()
+    tree_budgets = _int_list(args.tree_budget, "--tree-budget", minimum=0)
     try:
-        for budget in (args.tree_budget, *tau_trees):
+        for budget in (*tree_budgets, *tau_trees):
             check_decoding(tree_budget=budget)
     except OptionError as error:
         raise UsageError(f"--tree-budget/--tau-trees: {error}") from None
-    if args.tree_budget and not {"linear", "quadratic"} & set(methods):
+    if any(tree_budgets) and not {"linear", "quadratic"} & set(methods):
         raise UsageError("--tree-budget applies to the linear and quadratic methods, and --methods has neither")
     for name in ("limit", "max_new_tokens", "prompt_lookup_tokens", "threads"):
         value = getattr(args, name)
@@ -162,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
                               prompt_lookup_tokens=args.prompt_lookup_tokens, lookup=args.lookup,
                               chat_template=not args.no_chat_template,
                               tau_table_k=model.k if args.tau_table or args.cost_curve or tau_trees else 0,
-                              tree_budget=args.tree_budget, tau_trees=tau_trees)
+                              tree_budgets=tree_budgets, tau_trees=tau_trees)
     domains = sorted({r.domain for r in records})
     log.info("%d prompts (%s), runs per prompt: %s", len(records), ", ".join(domains),
              ", ".join(bench.run_name(run) for run in bench.runs_of(settings)))
