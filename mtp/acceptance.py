@@ -10,7 +10,9 @@ exact step counts for any k ≤ the adapter's and any number of quadratic groups
 drafts depend only on the context too, so their match lengths replay the same way. A draft tree
 is a deterministic function of its mask group and the bonus token too, so the same pass gives,
 per index, the tree's accepted depth and where its accepted path ends (which decides, through the
-method's policy, whether the next pass has drafts). The benchmark checks this against the runs it
+method's policy, whether the next pass has drafts), and the drafts from each group's leftover
+masks, shifted past the tokens verified since it (quadratic drafts from those where no group
+survived). The benchmark checks this against the runs it
 decodes (up to floating-point ties between differently shaped passes).
 """
 
@@ -158,8 +160,8 @@ def replay(matches: Sequence[int | TreeMatch], method: str, k: int, new_tokens: 
     without drafts yields one token and puts a group after it). lookup: lookup_matches of the same
     output, for decoding with prompt-lookup drafts. leftover: draft_matches' leftover entries of the
     same drafter (leftover_key): quadratic decoding drafts from the newest group's leftover masks
-    where no group survived (drafting.LeftoverMasks); without them this replays a draftless pass
-    there, as decoding did before it did so.
+    where no group survived (drafting.LeftoverMasks); without them (results measured before leftover
+    masks existed) this replays a draftless pass there.
     """
     if method not in DRAFTING_METHODS:
         raise ValueError(f"replay covers linear and quadratic decoding, not {method!r}")
