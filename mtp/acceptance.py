@@ -62,8 +62,11 @@ def _leading_matches(correct: torch.Tensor) -> list[int]:
 
 def _leftover_matches(correct: torch.Tensor) -> list[list[int]]:
     """(anchors, k) bool -> per anchor, for shift s = 1 .. k-1, the leading True values from mask s on."""
-    return torch.stack([torch.tensor(_leading_matches(correct[:, s:])) for s in range(1, correct.shape[1])],
-                       dim=1).tolist() if correct.shape[1] > 1 else [[] for _ in range(correct.shape[0])]
+    # Leading True values from every start at once: a reversed cumulative count that resets at each False.
+    run = torch.zeros_like(correct, dtype=torch.int)
+    for s in range(correct.shape[1] - 1, -1, -1):
+        run[:, s] = correct[:, s].int() * (1 + (run[:, s + 1] if s + 1 < correct.shape[1] else 0))
+    return run[:, 1:].tolist()
 
 
 @torch.inference_mode()
