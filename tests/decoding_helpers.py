@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -76,15 +77,18 @@ def next_token_probs(model: MTPModel, contexts: list[list[int]], temperature: fl
 
 
 @torch.inference_mode()
-def first_three_marginals(model: MTPModel, prompt: list[int], vocab: int, temperature: float,
-                          top_k: int | None = None, top_p: float | None = None) -> list[torch.Tensor]:
-    """Exact marginal distributions of the 1st, 2nd and 3rd sampled token under plain sampling."""
-    p1 = next_token_probs(model, [prompt], temperature, top_k, top_p)[0]
-    p2 = next_token_probs(model, [prompt + [a] for a in range(vocab)], temperature, top_k, top_p)
-    joint12 = p1[:, None] * p2
-    p3 = next_token_probs(model, [prompt + [a, b] for a in range(vocab) for b in range(vocab)],
-                          temperature, top_k, top_p).reshape(vocab, vocab, vocab)
-    return [p1, joint12.sum(0), (joint12[:, :, None] * p3).sum((0, 1))]
+def first_marginals(model: MTPModel, prompt: list[int], vocab: int, temperature: float, count: int = 3,
+                    top_k: int | None = None, top_p: float | None = None) -> list[torch.Tensor]:
+    """Exact marginal distributions of the first `count` sampled tokens under plain sampling
+    (the joint over every prefix: vocab ** (count - 1) contexts in the last batch)."""
+    joint = next_token_probs(model, [prompt], temperature, top_k, top_p)[0]
+    marginals = [joint]
+    for length in range(1, count):
+        contexts = [prompt + list(prefix) for prefix in itertools.product(range(vocab), repeat=length)]
+        following = next_token_probs(model, contexts, temperature, top_k, top_p).reshape(*[vocab] * (length + 1))
+        joint = joint[..., None] * following
+        marginals.append(joint.sum(tuple(range(length))))
+    return marginals
 
 
 def chi_square(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0) -> tuple[float, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decoding_helpers import (chi_square, chi_square_critical, first_three_marginals, greedy_reference, oracle,
+from decoding_helpers import (chi_square, chi_square_critical, first_marginals, greedy_reference, oracle,
                               random_prompt, tiny_mtp)
 from mtp import decoding
 from mtp.decoding import generate
@@ -248,22 +248,31 @@ def sampling_model():
     return tiny_mtp("llama", seed=3, k=3, vocab=VOCAB, lora_std=0.5, layers=1), random_prompt(0, 6, VOCAB)
 
 
-def _sample_counts(model, prompt, method: str, **kwargs) -> torch.Tensor:
-    """Counts of the first three tokens over SAMPLES seeded generations."""
-    counts = torch.zeros(3, VOCAB)
-    for seed in range(SAMPLES):
-        trace = generate(model, prompt, method=method, k=3, max_new_tokens=3, temperature=TEMPERATURE,
-                         seed=seed, **kwargs)
+def _sample_traces(model, prompt, method: str, tokens: int = 3, **kwargs) -> list:
+    """SAMPLES seeded generations of the first `tokens` tokens."""
+    return [generate(model, prompt, method=method, k=3, max_new_tokens=tokens, temperature=TEMPERATURE, seed=seed,
+                     **kwargs) for seed in range(SAMPLES)]
+
+
+def _counts(traces: list, tokens: int = 3) -> torch.Tensor:
+    """(tokens, VOCAB) how often each token came at each position."""
+    counts = torch.zeros(tokens, VOCAB)
+    for trace in traces:
         for position, token in enumerate(trace.token_ids):
             counts[position, token] += 1
     return counts
 
 
+def _sample_counts(model, prompt, method: str, **kwargs) -> torch.Tensor:
+    """Counts of the first three tokens over SAMPLES seeded generations."""
+    return _counts(_sample_traces(model, prompt, method, **kwargs))
+
+
 def _statistics(counts: torch.Tensor, marginals: list[torch.Tensor]) -> list[tuple[float, float]]:
     """(chi-square statistic, critical value at 1e-4) per position."""
     out = []
-    for position in range(3):
-        statistic, df = chi_square(counts[position], marginals[position])
+    for position, marginal in enumerate(marginals):
+        statistic, df = chi_square(counts[position], marginal)
         out.append((statistic, chi_square_critical(df)))
     return out
 
@@ -273,7 +282,7 @@ def _statistics(counts: torch.Tensor, marginals: list[torch.Tensor]) -> list[tup
 def test_speculative_sampling_matches_plain_distribution(sampling_model, method: str, filters: dict) -> None:
     """Chi-square of the first three tokens against the exact plain-sampling marginals."""
     model, prompt = sampling_model
-    marginals = first_three_marginals(model, prompt, VOCAB, TEMPERATURE, **filters)
+    marginals = first_marginals(model, prompt, VOCAB, TEMPERATURE, **filters)
     counts = _sample_counts(model, prompt, method, **filters)
     stats = _statistics(counts, marginals)
     assert all(statistic < critical for statistic, critical in stats), stats
@@ -292,7 +301,7 @@ def test_speculative_sampling_with_lookup_drafts_matches_plain_distribution(samp
     traces = [generate(model, prompt, method="quadratic", k=3, max_new_tokens=3, temperature=TEMPERATURE,
                        seed=seed, lookup=4) for seed in range(20)]
     assert all(trace.steps[1].looked_up and trace.steps[1].drafts for trace in traces)
-    marginals = first_three_marginals(model, prompt, VOCAB, TEMPERATURE)
+    marginals = first_marginals(model, prompt, VOCAB, TEMPERATURE)
     stats = _statistics(_sample_counts(model, prompt, "quadratic", lookup=4), marginals)
     assert all(statistic < critical for statistic, critical in stats), stats
 
@@ -300,7 +309,7 @@ def test_speculative_sampling_with_lookup_drafts_matches_plain_distribution(samp
 def test_broken_acceptance_rule_is_detected(sampling_model, monkeypatch) -> None:
     """Accepting every draft makes tokens 2 and 3 follow the proposal q: the same test must fail."""
     model, prompt = sampling_model
-    marginals = first_three_marginals(model, prompt, VOCAB, TEMPERATURE)
+    marginals = first_marginals(model, prompt, VOCAB, TEMPERATURE)
 
     def always_accept(target_logits, draft, sampling):
         accepted = len(draft.tokens)
@@ -323,7 +332,7 @@ def test_speculative_sampling_with_draft_trees_matches_plain_distribution(sampli
     assert all(trace.steps[1].parents and len(trace.steps[1].drafts) == TREE_BUDGET for trace in traces)
     siblings = [p for p in traces[0].steps[1].parents if p == -1]
     assert len(siblings) >= 2  # the root has several children: the multi-draft rule is exercised
-    marginals = first_three_marginals(model, prompt, VOCAB, TEMPERATURE)
+    marginals = first_marginals(model, prompt, VOCAB, TEMPERATURE)
     stats = _statistics(_sample_counts(model, prompt, "quadratic", tree_budget=TREE_BUDGET), marginals)
     assert all(statistic < critical for statistic, critical in stats), stats
 
@@ -332,10 +341,45 @@ def test_broken_sibling_rule_is_detected(sampling_model, monkeypatch) -> None:
     """Trying each sibling against the full target instead of the residual left by the rejected
     ones over-produces the later siblings: the same test must fail."""
     model, prompt = sampling_model
-    marginals = first_three_marginals(model, prompt, VOCAB, TEMPERATURE)
+    marginals = first_marginals(model, prompt, VOCAB, TEMPERATURE)
     monkeypatch.setattr(decoding, "_residual", lambda p, q, token: p)
     stats = _statistics(_sample_counts(model, prompt, "quadratic", tree_budget=TREE_BUDGET), marginals)
     assert any(statistic > critical for statistic, critical in stats[1:]), stats
+
+
+def _leftover_runs(traces: list) -> int:
+    """Runs whose third pass drafted from leftover masks: fewer than k=3 drafts, not a draftless pass."""
+    return sum(len(trace.steps) > 2 and 0 < len(trace.steps[2].drafts) < 3 for trace in traces)
+
+
+def test_speculative_sampling_through_leftover_masks_matches_plain_distribution(sampling_model) -> None:
+    """Quadratic with one group (after t_0): a pass that accepts 1 or 2 drafts leaves no group
+    after its path, so the next pass drafts from that group's leftover masks (drafting.LeftoverMasks);
+    the 4th token comes from such a pass in many runs. Its marginal must still be plain sampling's."""
+    model, prompt = sampling_model
+    traces = _sample_traces(model, prompt, "quadratic", tokens=4, groups=1)
+    assert _leftover_runs(traces) >= SAMPLES // 5, _leftover_runs(traces)
+    marginals = first_marginals(model, prompt, VOCAB, TEMPERATURE, count=4)
+    stats = _statistics(_counts(traces, tokens=4), marginals)
+    assert all(statistic < critical for statistic, critical in stats), stats
+
+
+def test_broken_rule_on_leftover_passes_is_detected(sampling_model, monkeypatch) -> None:
+    """The same test with every leftover-mask draft accepted (the real rule elsewhere) must fail at
+    the 4th token: it has the power to see a wrong rule on those passes alone."""
+    model, prompt = sampling_model
+    exact = decoding.accept
+
+    def accept_leftover_drafts(target_logits, draft, sampling):
+        if 0 < len(draft.tokens) < 3:
+            return list(range(len(draft.tokens))), sampling.draw(sampling.probs(target_logits)[len(draft.tokens)])
+        return exact(target_logits, draft, sampling)
+
+    monkeypatch.setattr(decoding, "accept", accept_leftover_drafts)
+    traces = _sample_traces(model, prompt, "quadratic", tokens=4, groups=1)
+    stats = _statistics(_counts(traces, tokens=4), first_marginals(model, prompt, VOCAB, TEMPERATURE, count=4))
+    assert stats[0][0] < stats[0][1] and stats[1][0] < stats[1][1]  # tokens 1 and 2 never come from leftovers
+    assert stats[3][0] > stats[3][1], stats
 
 
 def test_sampling_is_seeded_and_top_k_respected(sampling_model) -> None:
