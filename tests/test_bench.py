@@ -12,7 +12,7 @@ from conftest import randomize_lora, tiny_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from mtp import adapter, bench, decoding
+from mtp import acceptance, adapter, bench, decoding
 from mtp.bench import measure
 from mtp.__main__ import main
 from mtp.config import DEFAULTS_FIELDS, read_decoding_defaults
@@ -192,6 +192,27 @@ def test_predict_prices_lookup_passes():
     assert with_lookup["predicted_tokens_per_second"] == pytest.approx(5 / (0.21 + 0.2 + 0.0025 + 0.01))
     linear = ranked[("linear", None, 10)]  # a rejection, then lookup drafts with one group after them
     assert linear["predicted_tokens_per_second"] == pytest.approx(5 / (0.15 + 0.14 + 0.01 / 7 + 0.01))
+
+
+def test_predict_prices_lookup_passes_of_trees_with_more_groups_than_a_chain_has():
+    """k=2 trees with 4 groups (TREE_GROUPS): a 3-draft lookup chain then carries 4 groups, one more
+    than any chain shape the curve timed (k+1 = 3): priced as g=3 plus the backbone's extra tokens."""
+    settings = bench.Settings(methods=(), k_list=(2,), tau_table_k=2, tau_trees=(3,))
+    tree = acceptance.tree_key(2, 3)
+    results = [{"baseline": {"new_tokens": 6},
+                "draft_matches": {"sampler": [0] * 6, "lm_head": [0] * 6, tree: [[0, [0, True]]] * 6},
+                "lookup_matches": [(0, 0), (3, 3), (0, 0), (0, 0), (0, 0)]}]
+    shape = lambda seconds, length: {"seconds": seconds, "input_length": length}  # noqa: E731
+    steps = {"autoregressive": shape(0.1, 1), "draftless": shape(0.12, 3), "linear": shape(0.14, 5),
+             "quadratic g=1": shape(0.15, 5), "quadratic g=2": shape(0.18, 7), "quadratic g=3": shape(0.2, 9)}
+    steps.update({f"tree 3 g={g}": shape(0.3, 4 + 2 * g) for g in bench.TREE_GROUPS})
+    curve = {"step_seconds": {2: steps}, "drafting_seconds": {2: 0.01}, "tree_drafting_seconds": {2: {"3": 0.02}},
+             "backbone_seconds": {1: 0.05, 8: 0.06, 16: 0.08}}
+    ranked = {(c["groups"], c["lookup"], c["tree_budget"]): c for c in bench.predict(results, curve, settings)
+              if c["method"] == "quadratic"}
+    # the tree's pass (accepts 0 at t_0, which has a group), then 3 lookup drafts + 4 groups: 12 tokens
+    lookup_pass = 0.2 + (0.07 - 0.0625)
+    assert ranked[(4, 10, 3)]["predicted_tokens_per_second"] == pytest.approx(5 / (0.3 + 0.02 + lookup_pass + 0.02))
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -151,8 +151,11 @@ def predict(results: list[dict], curve: dict, settings: Settings) -> list[dict]:
         k = int(key)
 
         def lookup_pass(method: str, groups: int | None, drafts: int) -> float:
-            shape = steps["linear" if method == "linear" else f"quadratic g={min(groups or k + 1, drafts + 1)}"]
-            length = shape["input_length"] + drafts - k
+            # The chain shape with as many groups as the lookup chain carries (at most the k+1 a
+            # k-draft chain has: trees try more), plus the backbone's cost of the other tokens.
+            fed = 1 if method == "linear" else min(groups or drafts + 1, drafts + 1)
+            shape = steps["linear" if method == "linear" else f"quadratic g={min(fed, k + 1)}"]
+            length = 1 + drafts + fed * k
             return shape["seconds"] + _backbone_at(curve, length) - _backbone_at(curve, shape["input_length"])
 
         shapes = [("linear", None, 0, steps["linear"]["seconds"])] + [
