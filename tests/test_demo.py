@@ -15,6 +15,7 @@ from mtp import adapter
 from mtp.api import BUILT_IN, DEFAULT_CHECKPOINT, DecodingSettings
 from mtp.demo import race, speed
 from mtp.demo.checks import check_int, check_temperature, friendly
+from mtp.demo.compute import on_torch_thread
 from mtp.demo.handlers import Demo
 from mtp.demo.store import FRESH, ModelStore, checkpoint_choices
 from mtp.models import EMBEDDED_NAME
@@ -168,3 +169,19 @@ def test_measured_cost_curve_is_the_committed_one_for_the_embedded_model():
     cost = speed.measured_cost_curve(EMBEDDED_NAME)
     assert cost is not None and "AMD EPYC" in cost.where and set(cost.curve["step_seconds"]) >= {"1", "4", "8"}
     assert speed.measured_cost_curve("org/other-model") is None
+
+
+def test_model_calls_run_on_one_thread_whoever_calls():
+    """Every handler thread's model call lands on the same thread (one OpenMP pool, docs in
+    mtp/demo/compute.py); results and errors come back to the caller."""
+    names = []
+    callers = [threading.Thread(target=lambda: names.append(on_torch_thread(lambda: threading.current_thread().name)))
+               for _ in range(4)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert len(names) == 4 and len(set(names)) == 1 and names[0].startswith("mtp-torch")
+    assert on_torch_thread(sum, [1, 2], start=3) == 6
+    with pytest.raises(ValueError, match="invalid literal"):
+        on_torch_thread(int, "x")

@@ -18,6 +18,7 @@ from ..options import check_decoding, eos_token_ids
 from ..probe import future_probe, lossless_check
 from ..trace import Trace
 from .checks import LOOKUP_DRAFTS, MAX_NEW_TOKENS, MAX_SEED, MAX_TOP_N, MAX_TREE_NODES, check_int, check_prompt, check_temperature, friendly
+from .compute import on_torch_thread
 from .race import Machine, Race, race_lanes, tree_lane_budget
 from .speed import measured_cost_curve
 from .store import FRESH, ModelStore, checkpoint_choices, checkpoint_path
@@ -114,7 +115,8 @@ class Demo:
         model, tokenizer, ids, k = self.request(prompt, model_name, checkpoint, k)
         top_n = check_int(top_n, "top N", 1, MAX_TOP_N)
         with self.machine.busy():
-            result = future_probe(model, ids, k, top_n, tokenizer=tokenizer, tree_budget=tree_lane_budget(k))
+            result = on_torch_thread(future_probe, model, ids, k, top_n, tokenizer=tokenizer,
+                                     tree_budget=tree_lane_budget(k))
         greedy = [token_code(result.text(t)) for t in result.greedy_ids[:k + 1]]
         hits = {name: sum(r == 1 for r in view.greedy_rank) for name, view in result.views.items()}
         summary = (
@@ -143,9 +145,10 @@ class Demo:
         chosen = self.settings(model, checkpoint, method, k)
         lookup = (chosen.lookup or LOOKUP_DRAFTS) if lookup_drafts and method != "autoregressive" else 0
         with self.machine.busy():
-            trace = generate(model, ids, method=method, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
-                             seed=seed, eos_token_ids=eos_token_ids(tokenizer, model.base.generation_config),
-                             tokenizer=tokenizer, groups=chosen.groups, lookup=lookup, tree_budget=tree_budget)
+            trace = on_torch_thread(generate, model, ids, method=method, k=k, max_new_tokens=max_new_tokens,
+                                    temperature=temperature, seed=seed,
+                                    eos_token_ids=eos_token_ids(tokenizer, model.base.generation_config),
+                                    tokenizer=tokenizer, groups=chosen.groups, lookup=lookup, tree_budget=tree_budget)
         texts = token_texts(tokenizer, [t for s in trace.steps for t in s.drafts + [s.bonus]])
         state = {"trace": dataclasses.asdict(trace), "texts": {str(t): s for t, s in texts.items()}}
         steps = len(trace.steps)
@@ -186,7 +189,7 @@ class Demo:
     def lossless(self, prompt, model_name, checkpoint, k):
         model, tokenizer, ids, k = self.request(prompt, model_name, checkpoint, k)
         with self.machine.busy():
-            result = lossless_check(model, ids, k, placeholder_id=tokenizer.pad_token_id or 0)
+            result = on_torch_thread(lossless_check, model, ids, k, placeholder_id=tokenizer.pad_token_id or 0)
         ok = result.max_delta_same_shape == 0.0 and result.argmax_same
         lines = [
             f"### {'✅' if ok else '❌'} With {k} masks appended, max |Δ logit| at the {result.num_real} real tokens "

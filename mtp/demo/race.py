@@ -21,6 +21,7 @@ from ..api import BUILT_IN, EXPLICIT, DecodingSettings
 from ..decoding import generate
 from ..trace import Trace
 from . import speed
+from .compute import on_torch_thread
 
 SLOTS = ("autoregressive", "linear", "quadratic", "tree", "default")  # the page's lane columns
 WARM_UP_TOKENS = 4  # each lane decodes this much before it is timed: kernels and caches warm alike
@@ -170,6 +171,12 @@ class Race:
                         eos_token_ids=self.eos,
                         tokenizer=self.tokenizer)
 
+    def _timed_lanes(self) -> dict[str, Trace]:
+        """Every lane warmed up (untimed: the same warm start for each), then every lane timed."""
+        for lane in self.lanes.values():
+            self._decode(lane, min(WARM_UP_TOKENS, self.max_new_tokens))
+        return {slot: self._decode(lane, self.max_new_tokens) for slot, lane in self.lanes.items()}
+
     def run(self) -> Iterator[tuple]:
         """Wait for the machine, time every lane, price the speed picture, then replay."""
         waiting = {slot: "⏳ waiting for the machine …" for slot in self.lanes}
@@ -181,12 +188,10 @@ class Race:
             timing = {slot: "⏱ timing at full speed …" for slot in self.lanes}
             yield self.frame({}, timing, "⏱ **Timing the lanes** one after another at full speed; nothing is drawn "
                              "until they finish, then they are replayed at their true pace.")
-            for lane in self.lanes.values():  # untimed: the same warm start for every lane
-                self._decode(lane, min(WARM_UP_TOKENS, self.max_new_tokens))
             mark = self.machine.mark()
-            traces = {slot: self._decode(lane, self.max_new_tokens) for slot, lane in self.lanes.items()}
+            traces = on_torch_thread(self._timed_lanes)
             disturbed = self.machine.disturbed_since(mark) or self.training_running()
-            speed_plot = self.speed_figure(traces)
+            speed_plot = on_torch_thread(self.speed_figure, traces)  # replays the lanes: a forward pass
         finally:
             self.machine.race.release()
         yield from self.replay(traces)
