@@ -15,7 +15,7 @@ from mtp import adapter
 from mtp.api import BUILT_IN, DEFAULT_CHECKPOINT, DecodingSettings
 from mtp.demo import race, speed
 from mtp.demo.checks import check_int, check_temperature, friendly
-from mtp.demo.compute import on_torch_thread
+from mtp.demo.compute import on_own_thread, on_torch_thread
 from mtp.demo.handlers import Demo
 from mtp.demo.store import FRESH, ModelStore, checkpoint_choices
 from mtp.models import EMBEDDED_NAME
@@ -185,3 +185,10 @@ def test_model_calls_run_on_one_thread_whoever_calls():
     assert on_torch_thread(sum, [1, 2], start=3) == 6
     with pytest.raises(ValueError, match="invalid literal"):
         on_torch_thread(int, "x")
+
+
+def test_model_loading_runs_on_a_thread_that_ends_with_it():
+    """Loading does not queue behind decoding, and its thread (with its OpenMP pool) is gone afterwards."""
+    seen = []
+    assert on_own_thread(lambda: seen.append(threading.current_thread()) or 7) == 7
+    assert seen[0].name.startswith("mtp-load") and not seen[0].is_alive()

@@ -1,4 +1,4 @@
-"""All of the demo's torch work runs on one thread.
+"""All of the demo's model calls run on one thread; model loading on threads that end with it.
 
 PyTorch's CPU kernels parallelise with GNU OpenMP, which keeps a pool of worker threads for every
 thread that calls into it; once it manages more threads than there are CPUs, every pool's workers
@@ -21,3 +21,10 @@ _TORCH_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtp-torch"
 def on_torch_thread(fn: Callable[..., T], /, *args, **kwargs) -> T:
     """fn(*args, **kwargs) run on the demo's one torch thread, after any call queued before it."""
     return _TORCH_THREAD.submit(fn, *args, **kwargs).result()
+
+
+def on_own_thread(fn: Callable[..., T], /, *args, **kwargs) -> T:
+    """fn(*args, **kwargs) run on a new thread that ends with it, so its OpenMP pool ends too: for long
+    jobs (loading a model) that must not queue the demo's model calls behind them."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtp-load") as once:
+        return once.submit(fn, *args, **kwargs).result()

@@ -16,7 +16,7 @@ from ..api import CHECKPOINTS, load_mtp
 from ..config import CheckpointError, MTPConfig
 from ..models import EMBEDDED_NAME, load_model
 from .checks import USER_ERRORS
-from .compute import on_torch_thread
+from .compute import on_own_thread
 
 log = logging.getLogger("mtp.app")
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,7 +109,7 @@ class ModelStore:
             return pair
 
     def _load(self, model_name: str, checkpoint: str) -> tuple[MTPModel, object]:
-        return on_torch_thread(self._load_here, model_name, checkpoint)
+        return on_own_thread(self._load_here, model_name, checkpoint)  # other visitors keep decoding meanwhile
 
     def _load_here(self, model_name: str, checkpoint: str) -> tuple[MTPModel, object]:
         source = None if model_name == EMBEDDED_NAME else model_name
