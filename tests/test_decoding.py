@@ -306,16 +306,18 @@ def test_speculative_sampling_with_lookup_drafts_matches_plain_distribution(samp
     assert all(statistic < critical for statistic, critical in stats), stats
 
 
+def _accept_every_draft(target_logits, draft, sampling):
+    """A broken acceptance rule: every draft of a chain accepted, the bonus drawn after them."""
+    accepted = len(draft.tokens)
+    return list(range(accepted)), sampling.draw(sampling.probs(target_logits)[accepted])
+
+
 def test_broken_acceptance_rule_is_detected(sampling_model, monkeypatch) -> None:
     """Accepting every draft makes tokens 2 and 3 follow the proposal q: the same test must fail."""
     model, prompt = sampling_model
     marginals = first_marginals(model, prompt, VOCAB, TEMPERATURE)
 
-    def always_accept(target_logits, draft, sampling):
-        accepted = len(draft.tokens)
-        return list(range(accepted)), sampling.draw(sampling.probs(target_logits)[accepted])
-
-    monkeypatch.setattr(decoding, "accept", always_accept)
+    monkeypatch.setattr(decoding, "accept", _accept_every_draft)
     stats = _statistics(_sample_counts(model, prompt, "quadratic"), marginals)
     assert stats[0][0] < stats[0][1]  # the first token never comes from a draft
     assert stats[1][0] > 3 * stats[1][1] and stats[2][0] > 3 * stats[2][1], stats
@@ -371,9 +373,7 @@ def test_broken_rule_on_leftover_passes_is_detected(sampling_model, monkeypatch)
     exact = decoding.accept
 
     def accept_leftover_drafts(target_logits, draft, sampling):
-        if 0 < len(draft.tokens) < 3:
-            return list(range(len(draft.tokens))), sampling.draw(sampling.probs(target_logits)[len(draft.tokens)])
-        return exact(target_logits, draft, sampling)
+        return (_accept_every_draft if 0 < len(draft.tokens) < 3 else exact)(target_logits, draft, sampling)
 
     monkeypatch.setattr(decoding, "accept", accept_leftover_drafts)
     traces = _sample_traces(model, prompt, "quadratic", tokens=4, groups=1)
