@@ -21,7 +21,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from . import atomic
+from . import atomic, attention
 from .config import CheckpointError, MTPConfig
 from .models import BaseIdentity, config_hash
 
@@ -176,6 +176,7 @@ class MTPModel(nn.Module):
         inject_adapter_in_model(lora, base, adapter_name=ADAPTER_NAME)
         if not any(isinstance(m, GatedLoraLinear) for m in base.modules()):
             raise ValueError(f"none of the LoRA targets {list(config.lora_targets)} exist in this model")
+        attention.use_for(base)
         self.base = base
         self.config = config
         embeddings = base.get_input_embeddings().weight
@@ -255,10 +256,11 @@ class MTPModel(nn.Module):
                 layer.activate_past_recording()
         token = _GATE.set(Gate.of(open_positions))
         try:
-            out = self.base.model(
-                inputs_embeds=self.embed(input_ids), position_ids=position_ids, attention_mask=bias,
-                past_key_values=past_key_values, use_cache=use_cache,
-            )
+            with attention.mtp_pass():
+                out = self.base.model(
+                    inputs_embeds=self.embed(input_ids), position_ids=position_ids, attention_mask=bias,
+                    past_key_values=past_key_values, use_cache=use_cache,
+                )
         finally:
             _GATE.reset(token)
         hidden = out.last_hidden_state
