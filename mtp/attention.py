@@ -20,7 +20,7 @@ from typing import Iterator
 import torch
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 IMPLEMENTATION = "mtp_sdpa"
 
@@ -46,7 +46,7 @@ def sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
 
 
 AttentionInterface.register(IMPLEMENTATION, sdpa_forward)
-ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, sdpa_mask)
+AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)  # the masks transformers builds stay SDPA's
 
 
 def use_for(model: PreTrainedModel) -> None:

@@ -8,9 +8,10 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from decoding_helpers import tiny_mtp
 from mtp import adapter, attention
 from mtp.layouts import chain_parents, step_layout
-from tests.conftest import randomize_lora, tiny_model
+from tests.conftest import tiny_model
 
 
 @pytest.fixture
@@ -33,13 +34,6 @@ def sdpa_calls(monkeypatch) -> dict[str, int]:
     return calls
 
 
-def make(family: str) -> adapter.MTPModel:
-    base = tiny_model(family)
-    model = adapter.create(base, adapter.identity_of(base, f"tiny-{family}"), k=4, lora_rank=4)
-    randomize_lora(model)
-    return model.eval()
-
-
 def tree_pass_hidden(model: adapter.MTPModel, calls: dict[str, int]) -> torch.Tensor:
     """Final hidden states of a decoding pass: 3 drafts branching from t_0, a mask group, over a 20-token
     cache; `calls` count that pass alone."""
@@ -55,7 +49,7 @@ def tree_pass_hidden(model: adapter.MTPModel, calls: dict[str, int]) -> torch.Te
 
 
 def test_mtp_pass_uses_grouped_heads_bit_identical_to_transformers(tiny_family, sdpa_calls, monkeypatch):
-    model = make(tiny_family)
+    model = tiny_mtp(tiny_family, k=4, lora_std=0.5)
     assert model.base.config._attn_implementation == attention.IMPLEMENTATION
     grouped = tree_pass_hidden(model, sdpa_calls)
     assert sdpa_calls == {"grouped": model.base.config.num_hidden_layers, "transformers": 0}
@@ -66,7 +60,7 @@ def test_mtp_pass_uses_grouped_heads_bit_identical_to_transformers(tiny_family, 
 
 
 def test_other_calls_run_transformers_sdpa(sdpa_calls):
-    model = make("llama")
+    model = tiny_mtp("llama", k=4, lora_std=0.5)
     prompt = torch.arange(3, 15)[None]
     with torch.inference_mode():
         model.base.generate(prompt, max_new_tokens=4, do_sample=False)  # the base model's own decoding
