@@ -249,7 +249,7 @@ class MTPModel(nn.Module):
         """
         open_positions = input_ids < 0 if gate is None else torch.full_like(input_ids, gate, dtype=torch.bool)
         bias = None if attention_mask is None else self.attention_biases(attention_mask, position_ids, past_key_values)
-        # A pass appends masks and drafts that the caller then drops from the cache (decoding.keep_in_cache):
+        # A pass appends masks and drafts that the caller then drops from the cache (kv_cache.keep_in_cache):
         # a sliding-window cache layer must keep its older entries until then instead of evicting them.
         for layer in getattr(past_key_values, "layers", ()):
             if getattr(layer, "is_sliding", False) and not layer.record_past:

@@ -24,6 +24,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from .adapter import MTPModel
 from .drafting import Draft, Drafter, LeftoverMasks, MaskChain, MaskGroup, MaskTree, PromptLookup
+from .kv_cache import decoding_cache, keep_in_cache
 from .layouts import chain_parents, group_rows, step_layout
 from .methods import policy
 from .options import OptionError, check_decoding
@@ -83,29 +84,6 @@ class Verified(NamedTuple):
     bonus: int  # the model's own token after them
     group: MaskGroup | None  # the mask group after the path's end, if the pass fed one there
     input_length: int  # tokens fed: real + draft + mask
-
-
-def keep_in_cache(cache: DynamicCache, start: int, keep: Sequence[int]) -> None:
-    """Keep cache entries [0, start) and then only the entries at `keep` (ascending) after them.
-
-    Positions are absolute. A sliding-window layer holds only its newest entries (MTPModel.forward
-    makes it keep a pass's entries until this call), so its positions are shifted by the entries it
-    no longer holds; afterwards it again keeps only the window-1 newest, all a later pass can see.
-    """
-    drop = cache.get_seq_length() - start
-    if list(keep) == list(range(start, start + len(keep))):  # a prefix (every chain): one crop
-        cache.crop(len(keep) - drop)  # a sliding layer's crop also evicts what fell out of its window
-        return
-    for layer in cache.layers:
-        if not layer.is_initialized:
-            continue
-        evicted = layer.get_seq_length() - layer.keys.shape[-2]  # 0 for full-attention layers
-        index = torch.tensor(list(keep), device=layer.keys.device) - evicted
-        layer.keys = torch.cat([layer.keys[..., :start - evicted, :], layer.keys.index_select(-2, index)], dim=-2)
-        layer.values = torch.cat([layer.values[..., :start - evicted, :], layer.values.index_select(-2, index)], dim=-2)
-        if getattr(layer, "is_sliding", False):
-            layer.cumulative_length = start + len(keep)
-            layer.crop(0)
 
 
 # One lm_head call on r rows has a fixed cost (reading the 28M-parameter head) and a small cost per
@@ -242,7 +220,7 @@ def generate(
         drafter = default_drafter(model, method=method, use_sampler=use_sampler, lookup=lookup, tree_budget=tree_budget)
     trace = Trace(method=method, k=0 if method == "autoregressive" else k, prompt_ids=list(prompt_ids),
                   temperature=temperature, tree_budget=tree_budget)
-    cache, cached = DynamicCache(config=model.base.config), 0
+    cache, cached = decoding_cache(model.base.config), 0
     tokens, draft = list(prompt_ids), Draft()  # prefill: the whole prompt, no drafts
     reason = "max_new_tokens" if max_new_tokens == 0 else ""
     if streamer is not None:

@@ -15,7 +15,8 @@ from transformers import (DynamicCache, Gemma3ForCausalLM, Gemma3TextConfig, Mis
 
 from mtp import adapter
 from mtp.adapter import MTPModel, identity_of
-from mtp.decoding import generate, keep_in_cache
+from mtp.decoding import generate
+from mtp.kv_cache import decoding_cache, keep_in_cache
 
 from tests.conftest import TINY, randomize_lora
 
@@ -90,7 +91,7 @@ def test_keep_in_cache_beyond_the_window_keeps_what_plain_decoding_would() -> No
     layers the newest window-1."""
     model = tiny_family_mtp("gemma3", seed=1)
     ids = random_prompt(5, 20, 128)
-    cache = DynamicCache(config=model.base.config)
+    cache = decoding_cache(model.base.config)  # full-attention layers grow in place, sliding ones stay transformers'
     model(torch.tensor([ids[:10]]), torch.arange(10)[None], past_key_values=cache, use_cache=True)
     fed = torch.tensor([ids[10:20] + [-1, -2, -3]])
     model(fed, torch.tensor([list(range(10, 20)) + [20, 21, 22]]), past_key_values=cache, use_cache=True)

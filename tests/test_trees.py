@@ -7,10 +7,9 @@ import dataclasses
 import pytest
 import torch
 from decoding_helpers import greedy_reference, random_prompt, tiny_mtp
-from transformers import DynamicCache
 
 from mtp.acceptance import draft_matches, leftover_key, replay, tree_key, tree_match
-from mtp.decoding import generate, keep_in_cache
+from mtp.decoding import generate
 from mtp.drafting import Draft, MaskChain, MaskGroup, mask_tree
 from mtp.layouts import ancestor_matrix, chain_parents, step_layout, tree_positions
 from mtp.methods import Linear, PathEnd, Quadratic
@@ -95,20 +94,6 @@ def test_mask_tree_is_a_budgeted_tree_and_width_one_is_the_chain():
             for i, parent in enumerate(tree.parents):
                 siblings.setdefault(parent, []).append(tree.tokens[i])
             assert all(len(set(tokens)) == len(tokens) for tokens in siblings.values())  # no repeated child
-
-
-# -- KV cache ------------------------------------------------------------------------------------
-def test_keep_in_cache_gathers_the_path():
-    model = tiny_mtp("qwen2", seed=1)
-    cache = DynamicCache(config=model.base.config)
-    with torch.inference_mode():
-        model(torch.arange(10)[None] + 2, torch.arange(10)[None], past_key_values=cache, use_cache=True)
-    keys = cache.layers[0].keys.clone()
-    keep_in_cache(cache, 4, [5, 7, 8])
-    assert cache.get_seq_length() == 7
-    assert torch.equal(cache.layers[0].keys, keys[..., [0, 1, 2, 3, 5, 7, 8], :])
-    keep_in_cache(cache, 4, [4, 5])  # a prefix: a crop
-    assert torch.equal(cache.layers[0].keys, keys[..., [0, 1, 2, 3, 5, 7], :])
 
 
 # -- exact decoding --------------------------------------------------------------------------------

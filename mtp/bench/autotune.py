@@ -10,12 +10,12 @@ import time
 from typing import Sequence
 
 import torch
-from transformers import DynamicCache
 
 from .. import acceptance, decoding
 from ..adapter import MTPModel
 from ..config import DEFAULTS_METHODS
 from ..drafting import Draft, MaskChain, MaskGroup, mask_tree
+from ..kv_cache import decoding_cache
 from ..methods import Autoregressive, Linear, Policy, Quadratic
 from ..sampling import Sampling
 from .measure import sync
@@ -69,7 +69,7 @@ def cost_curve(model: MTPModel, k_list: tuple[int, ...], cache_tokens: int = 200
     vocab = model.base.get_output_embeddings().weight.shape[0]
     generator = torch.Generator().manual_seed(seed)
     prefix = torch.randint(0, vocab, (1, cache_tokens), generator=generator).to(device)
-    cache = DynamicCache(config=model.base.config)
+    cache = decoding_cache(model.base.config)  # the cache decoding.generate uses
     model(prefix, torch.arange(cache_tokens, device=device)[None], past_key_values=cache, use_cache=True)
     greedy = Sampling(0.0, device=device)
 
