@@ -8,12 +8,15 @@ file the user names (or a directory holding one) goes the same way.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +178,29 @@ def resolve_source(source: str | None) -> tuple[str, str]:
     )
 
 
+@functools.cache
+def one_row_uses_onednn() -> bool:
+    """Whether oneDNN's fp32 matrix-vector product beats torch's (MKL) on this CPU, timed once per process.
+
+    The machines this project runs on differ: on an AMD EPYC oneDNN made a 1-token SmolLM2 pass 27.7 ms
+    instead of 38.9 ms (docs/history.md); on an Intel Xeon with AMX, torch's kernel made it 35 ms instead
+    of 49 ms (docs/bench/kv_cache_and_one_row_kernel). Both margins are wide, so the choice is stable.
+    """
+    weight, x = torch.randn(1536, 576), torch.randn(1, 576)  # SmolLM2-135M's widest projection
+
+    def median_seconds(linear) -> float:
+        times = []
+        with torch.inference_mode():
+            for _ in range(25):
+                start = time.perf_counter()
+                linear()
+                times.append(time.perf_counter() - start)
+        return sorted(times[5:])[len(times[5:]) // 2]  # the first calls warm up
+
+    onednn = median_seconds(lambda: torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], ""))
+    return onednn < median_seconds(lambda: torch.nn.functional.linear(x, weight))
+
+
 class OneDnnLinear(nn.Linear):
     """nn.Linear whose CPU inference forward is oneDNN's fp32 matmul: same weights, same precision.
 
@@ -183,8 +209,9 @@ class OneDnnLinear(nn.Linear):
     3.0x with oneDNN, at equal cost for one row. Passes of two or more rows use a copy of the weight
     that oneDNN packed once into its blocked layout (instead of re-packing it in every call): 9 rows
     127 -> 75 us, 25 rows 292 -> 175 us on that projection, with bit-identical results, for a second
-    copy of the weights in memory (~0.55 GB for SmolLM2-135M). One row keeps the plain weight (its
-    matrix-vector kernel is as fast, and the packed one rounds differently).
+    copy of the weights in memory (~0.55 GB for SmolLM2-135M). One row (plain decoding's passes) never
+    uses the packed copy (it rounds differently): it runs oneDNN's or torch's matrix-vector kernel on
+    the plain weight, whichever this CPU runs faster (one_row_uses_onednn).
     Anything else (grad mode: the oneDNN op has no backward; another device or dtype) takes
     nn.Linear's own path.
     """
@@ -195,8 +222,13 @@ class OneDnnLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Grad mode always takes torch's kernel, whatever needs a gradient: one pass never mixes kernels.
         if not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32:
-            weight = self.weight if x.numel() == x.shape[-1] else self.packed_weight()
-            return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "")
+            if x.numel() != x.shape[-1]:
+                siblings = self.__dict__.get("_siblings")
+                if siblings is not None:
+                    return siblings.output(self, x)
+                return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "")
+            if one_row_uses_onednn():
+                return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return super().forward(x)
 
     def packed_weight(self) -> torch.Tensor:
@@ -213,7 +245,77 @@ class OneDnnLinear(nn.Linear):
         # oneDNN's packed tensor has no storage to copy or pickle: deepcopy and torch.save re-pack later.
         state = dict(super().__getstate__())
         state.pop("_packed", None)
+        state.pop("_siblings", None)  # a copy runs alone (same numbers, one call per projection)
         return state
+
+
+# Projections of a layer that read the same input, by the attribute names transformers' models use.
+SIBLING_PROJECTIONS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+class Siblings:
+    """OneDnnLinear layers that read the same input (a layer's q/k/v, or gate/up projections): for
+    two or more rows, the first one called runs one oneDNN matmul over their concatenated packed
+    weights and the others return their slice of it, if called with that same input tensor.
+
+    Why: a small-row matmul pays a fixed cost per call. On SmolLM2-135M (2 threads, Intel Xeon) this
+    made a 9-token pass 65 -> 62 ms and a 15-token one 75 -> 71 ms, with bit-identical logits
+    (docs/bench/kv_cache_and_one_row_kernel).
+    """
+
+    def __init__(self, members: list[OneDnnLinear]) -> None:
+        self.members = members
+        self.sizes = [member.out_features for member in members]
+        self._packed: tuple[tuple, torch.Tensor, torch.Tensor | None] | None = None
+        # Per thread (the demo decodes in several): the input last fused, its outputs, and the members
+        # that have not taken their slice yet.
+        self._pass = threading.local()
+
+    def packed_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The members' weights (and biases) concatenated and packed, re-packed when any weight changed."""
+        key = tuple((m.weight.data_ptr(), m.weight._version) for m in self.members)
+        if self._packed is None or self._packed[0] != key:
+            with torch.no_grad():
+                weight = torch.cat([m.weight.detach() for m in self.members])
+                bias = None if self.members[0].bias is None else torch.cat([m.bias.detach() for m in self.members])
+                self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight, OneDnnLinear.PACK_ROWS_HINT), bias)
+        return self._packed[1], self._packed[2]
+
+    def output(self, member: OneDnnLinear, x: torch.Tensor) -> torch.Tensor:
+        index = next(i for i, m in enumerate(self.members) if m is member)
+        state = self._pass
+        if getattr(state, "input", None) is not x or index not in state.waiting:
+            weight, bias = self.packed_weight()
+            fused = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+            state.input, state.outputs = x, fused.split(self.sizes, dim=-1)
+            state.waiting = set(range(len(self.members)))
+        state.waiting.discard(index)
+        output = state.outputs[index]
+        if not state.waiting:  # every member served: hold no tensors between passes
+            state.input, state.outputs = None, ()
+        return output
+
+
+def group_siblings(model: nn.Module) -> int:
+    """Give each group of SIBLING_PROJECTIONS that are OneDnnLinear layers of one shape kind a shared
+    Siblings (an adapter's LoRA wrapper around them is looked through); returns how many groups."""
+    groups = 0
+    for module in model.modules():
+        for names in SIBLING_PROJECTIONS:
+            members = [getattr(module, name, None) for name in names]
+            members = [getattr(m, "base_layer", m) for m in members]
+            if not all(type(m) is OneDnnLinear for m in members):
+                continue
+            first = members[0]
+            if any(m.in_features != first.in_features or m.weight.dtype != first.weight.dtype
+                   or m.weight.device != first.weight.device or (m.bias is None) != (first.bias is None)
+                   for m in members):
+                continue
+            siblings = Siblings(members)
+            for member in members:
+                member.__dict__["_siblings"] = siblings
+            groups += 1
+    return groups
 
 
 def _check_cpu_linear(kernel: str) -> None:
@@ -235,7 +337,10 @@ def set_cpu_linear(model: nn.Module, kernel: str) -> int:
         if type(module) is source:
             module.__class__ = target
             module.__dict__.pop("_packed", None)  # the packed copy is the oneDNN kernel's alone
+            module.__dict__.pop("_siblings", None)
             switched += 1
+    if kernel == "onednn":
+        group_siblings(model)
     return switched
 
 

@@ -6,15 +6,17 @@ import argparse
 import copy
 import importlib.util
 import io
+from unittest import mock
 
 import gguf
 import pytest
 import torch
+import torch.nn.functional as F
 
-from mtp import models
+from mtp import adapter, models
 from mtp.commands import add_cpu_linear_argument
 from mtp.models import EMBEDDED_NAME, ModelSourceError, encode_prompt, load_model
-from tests.conftest import tiny_model
+from tests.conftest import TINY, randomize_lora, tiny_model
 
 
 def test_embedded_model_loads_offline_from_cache(smollm2, monkeypatch):
@@ -105,7 +107,7 @@ def test_onednn_linear_matches_torch_and_keeps_autograd():
         assert x.grad is not None and torch.allclose(x.grad, reference.weight.sum(0).expand(5, 48))
 
 
-def test_onednn_linear_packs_the_weight_once_and_repacks_when_it_changes():
+def test_onednn_linear_packs_the_weight_once_and_repacks_when_it_changes(monkeypatch) -> None:
     torch.manual_seed(0)
     layer = torch.nn.Linear(64, 96)
     models.set_cpu_linear(layer, "onednn")
@@ -116,9 +118,13 @@ def test_onednn_linear_packs_the_weight_once_and_repacks_when_it_changes():
         assert torch.equal(layer(x), plain)
         packed = layer.packed_weight()
         assert layer(x[:5]) is not None and layer.packed_weight() is packed  # cached between calls
-        # One row keeps the plain weight's matrix-vector kernel.
-        assert torch.equal(layer(x[:1]), torch.ops.mkldnn._linear_pointwise(x[:1], layer.weight, layer.bias,
-                                                                             "none", [], ""))
+        # One row runs on the plain weight, with the matrix-vector kernel this CPU runs faster.
+        plain_row = torch.ops.mkldnn._linear_pointwise(x[:1], layer.weight, layer.bias, "none", [], "")
+        torch_row = torch.nn.functional.linear(x[:1], layer.weight, layer.bias)
+        assert torch.equal(layer(x[:1]), plain_row if models.one_row_uses_onednn() else torch_row)
+        for onednn_faster, expected in ((True, plain_row), (False, torch_row)):
+            monkeypatch.setattr(models, "one_row_uses_onednn", lambda: onednn_faster)
+            assert torch.equal(layer(x[:1]), expected)
     with torch.no_grad():
         layer.weight.mul_(2)  # an in-place update (a loaded state dict, an optimizer step) repacks
     with torch.inference_mode():
@@ -152,6 +158,62 @@ def test_set_cpu_linear_round_trip_keeps_weights_and_outputs(tiny_family):
     assert all(torch.equal(state[name], t) for name, t in model.state_dict().items())
     with pytest.raises(ValueError, match="unknown CPU linear kernel 'mkl'"):
         models.set_cpu_linear(model, "mkl")
+
+
+def test_sibling_projections_run_as_one_matmul_with_the_same_numbers(tiny_family) -> None:
+    """q/k/v and gate/up (biases too: qwen2's q/k/v have them) share one oneDNN matmul per pass of
+    two or more rows, bit for bit what their separate matmuls give; one row runs them separately."""
+    model = tiny_model(tiny_family)
+    models.set_cpu_linear(model, "onednn")
+    grouped = [m for m in model.modules() if "_siblings" in m.__dict__]
+    assert len({id(m.__dict__["_siblings"]) for m in grouped}) == 2 * model.config.num_hidden_layers
+    fused_calls = []
+    spy = models.Siblings.packed_weight
+    with mock.patch.object(models.Siblings, "packed_weight", lambda self: fused_calls.append(self) or spy(self)):
+        with torch.inference_mode():
+            several, one = model(torch.tensor([[3, 17, 42, 99, 5]])).logits, model(torch.tensor([[7]])).logits
+    assert len(fused_calls) == 2 * model.config.num_hidden_layers  # one per group, only for the 5-row pass
+    for module in grouped:
+        del module.__dict__["_siblings"]
+    with torch.inference_mode():
+        assert torch.equal(model(torch.tensor([[3, 17, 42, 99, 5]])).logits, several)
+        assert torch.equal(model(torch.tensor([[7]])).logits, one)
+
+
+def test_siblings_recompute_for_another_input_and_repack_a_changed_weight() -> None:
+    model = tiny_model("llama")
+    models.set_cpu_linear(model, "onednn")
+    attention = model.model.layers[0].self_attn
+    x, other = torch.randn(4, TINY["hidden_size"]), torch.randn(4, TINY["hidden_size"])
+    with torch.inference_mode():
+        attention.q_proj(x)
+        # k called with another tensor than q was: its own product, not q's sibling slice.
+        assert torch.allclose(attention.k_proj(other), F.linear(other, attention.k_proj.weight), atol=1e-5)
+        assert torch.allclose(attention.v_proj(x), F.linear(x, attention.v_proj.weight), atol=1e-5)
+    with torch.no_grad():
+        attention.v_proj.weight.mul_(2)
+    with torch.inference_mode():
+        outputs = [attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)]
+    for layer, output in zip((attention.q_proj, attention.k_proj, attention.v_proj), outputs):
+        assert torch.allclose(output, F.linear(x, layer.weight), atol=1e-5)
+    # Copies run alone; switching back to torch's kernel drops the groups.
+    assert "_siblings" not in copy.deepcopy(attention.q_proj).__dict__
+    models.set_cpu_linear(model, "torch")
+    assert not any("_siblings" in m.__dict__ for m in model.modules())
+
+
+def test_siblings_look_through_the_adapters_lora_wrappers() -> None:
+    base = tiny_model("qwen2")
+    models.set_cpu_linear(base, "onednn")
+    mtp_model = adapter.create(base, adapter.identity_of(base, "tiny"), k=2, lora_rank=4)
+    randomize_lora(mtp_model.base)
+    assert models.group_siblings(mtp_model.base) == 2 * base.config.num_hidden_layers
+    ids = torch.tensor([[3, 17, 42, 99, -1, -2]])  # two masks: the gated LoRA adds to the sibling slices
+    with torch.inference_mode():
+        fused = mtp_model(ids, logits_for=torch.arange(6)).logits
+        for module in base.modules():
+            module.__dict__.pop("_siblings", None)
+        assert torch.equal(mtp_model(ids, logits_for=torch.arange(6)).logits, fused)
 
 
 @pytest.mark.slow
