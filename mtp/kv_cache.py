@@ -1,10 +1,11 @@
 """The KV cache decoding uses, and keeping only the accepted path in it (docs/design.md §5).
 
 transformers' DynamicLayer appends a pass's keys and values by concatenation, which copies the
-whole cache on every pass: over a 300-entry cache that was ~7 % of a 9-token SmolLM2 pass on 2 CPU
-cores, and it grows with the context. GrowingLayer writes each pass's entries into spare room at
-the end of a preallocated buffer instead, and hands attention views of it; dropping entries (a
-rejected draft, the masks) only shortens the view. Sliding-window layers keep transformers' class.
+whole cache on every pass: 46 KB per cached token on SmolLM2-135M, so ~1 % of a pass at a few
+hundred tokens on 2 CPU cores, growing with the context (docs/bench/cheaper_passes_eval).
+GrowingLayer writes each pass's entries into spare room at the end of a preallocated buffer
+instead, and hands attention views of it; dropping entries (a rejected draft, the masks) only
+shortens the view. Sliding-window layers keep transformers' class.
 """
 
 from __future__ import annotations
