@@ -184,7 +184,7 @@ def one_row_uses_onednn() -> bool:
 
     The machines this project runs on differ: on an AMD EPYC oneDNN made a 1-token SmolLM2 pass 27.7 ms
     instead of 38.9 ms (docs/history.md); on an Intel Xeon with AMX, torch's kernel made it 35 ms instead
-    of 49 ms (docs/bench/kv_cache_and_one_row_kernel). Both margins are wide, so the choice is stable.
+    of 49 ms (docs/bench/cheaper_passes_eval). Both margins are wide, so the choice is stable.
     """
     weight, x = torch.randn(1536, 576), torch.randn(1, 576)  # SmolLM2-135M's widest projection
 
@@ -260,7 +260,7 @@ class Siblings:
 
     Why: a small-row matmul pays a fixed cost per call. On SmolLM2-135M (2 threads, Intel Xeon) this
     made a 9-token pass 65 -> 62 ms and a 15-token one 75 -> 71 ms, with bit-identical logits
-    (docs/bench/kv_cache_and_one_row_kernel).
+    (docs/bench/cheaper_passes_eval).
     """
 
     def __init__(self, members: list[OneDnnLinear]) -> None:
