@@ -259,7 +259,7 @@ class Siblings:
     weights and the others return their slice of it, if called with that same input tensor.
 
     Why: a small-row matmul pays a fixed cost per call. On SmolLM2-135M (2 threads, Intel Xeon) this
-    made a 9-token pass 65 -> 62 ms and a 15-token one 75 -> 71 ms, with bit-identical logits
+    made a 9-token pass 67.5 -> 65.4 ms and a 15-token one 77 -> 75 ms, with bit-identical logits
     (docs/bench/cheaper_passes_eval).
     """
 
