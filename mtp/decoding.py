@@ -26,7 +26,7 @@ from .adapter import MTPModel
 from .drafting import Draft, Drafter, LeftoverMasks, MaskChain, MaskGroup, MaskTree, PromptLookup
 from .kv_cache import decoding_cache, keep_in_cache
 from .layouts import chain_parents, group_rows, step_layout
-from .methods import policy
+from .methods import CostAware, policy
 from .options import OptionError, check_decoding
 from .sampling import Sampling
 from .trace import Step, Trace
@@ -193,6 +193,7 @@ def generate(
     tree_budget: int = 0,
     drafter: Drafter | None = None,
     streamer: BaseStreamer | None = None,
+    cost_aware: bool = False,
 ) -> Trace:
     """Generate up to `max_new_tokens` after `prompt_ids`; returns the Trace (tokens, text, steps).
 
@@ -206,6 +207,8 @@ def generate(
     completes it) or at max_new_tokens; on_chunk receives each step's new tokens, after cuts.
     streamer: a transformers streamer (TextIteratorStreamer...), fed as `generate` feeds it: the prompt
     first (skip_prompt=True skips it), then each step's new tokens, then end().
+    cost_aware: feed the method's mask groups only while they produce more tokens per second than
+    passes without them, as measured during this generation (methods.CostAware); same output.
     """
     k = model.k if k is None else k
     check_decoding(method=method, k=k, max_k=model.k, groups=groups, lookup=lookup, tree_budget=tree_budget,
@@ -216,6 +219,8 @@ def generate(
     sampling = Sampling(temperature, top_k, top_p, seed, model.mask_embeddings.device)
     stop = StopCriteria(max_new_tokens, eos_token_ids, stop_strings, tokenizer)
     verification = policy(method, k + 1 if groups is None else groups)
+    adaptive = CostAware(verification) if cost_aware and method != "autoregressive" else None
+    verification = adaptive or verification
     if drafter is None:
         drafter = default_drafter(model, method=method, use_sampler=use_sampler, lookup=lookup, tree_budget=tree_budget)
     trace = Trace(method=method, k=0 if method == "autoregressive" else k, prompt_ids=list(prompt_ids),
@@ -235,6 +240,8 @@ def generate(
             trace.prompt_ids + trace.token_ids, verified.group, sampling)
         trace.steps.append(Step.of(draft, verified.path, verified.bonus, time.perf_counter() - step_start,
                                    verified.input_length, len(trace.token_ids) - before))
+        if adaptive is not None:
+            adaptive.observe(trace.steps[-1].new_tokens, trace.steps[-1].seconds)
         new_tokens = trace.token_ids[before:]
         if new_tokens and on_chunk is not None:
             on_chunk(new_tokens)

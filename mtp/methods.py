@@ -10,6 +10,7 @@ every next pass, also drafts from the newest group's leftover masks where no gro
 
 from __future__ import annotations
 
+from collections import deque
 from typing import NamedTuple
 
 from .drafting import Draft
@@ -76,6 +77,66 @@ class Quadratic:
 
 
 Policy = Autoregressive | Linear | Quadratic
+
+
+class CostAware:
+    """A policy's mask groups only while they pay on this machine (docs/design.md §8).
+
+    A mask group adds rows and the gated LoRA to every pass; where its drafts are rarely accepted a
+    pass without it (t_0 and any prompt-lookup or leftover-mask drafts, as transformers' prompt
+    lookup feeds) produces more tokens per second, and how much more depends on the CPU: on an Intel
+    Xeon a one-row pass cost 35 ms and one with a 4-mask group 60 ms (docs/bench/cheaper_passes_eval).
+    So two regimes: "on" (the wrapped policy's groups) and "off" (none). Every INTERVAL passes the
+    other regime runs for PROBE passes; then decoding keeps whichever produced more tokens per second
+    over its last WINDOW measured passes. A regime's first pass is not measured: its tokens came from
+    the previous regime's drafts. Drafts are proposals only: the output never depends on the choice.
+    """
+
+    INTERVAL, PROBE, WINDOW, FIRST_PROBE = 16, 6, 16, 16  # passes; chosen on held-out prompts (§8)
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.drafts_from_leftover_masks = inner.drafts_from_leftover_masks
+        self.masks_on = True
+        self.fed_masks = True  # the regime of the pass being verified
+        self.measured: dict[bool, deque[tuple[int, float]]] = {True: deque(maxlen=self.WINDOW),
+                                                              False: deque(maxlen=self.WINDOW)}
+        self.until_probe, self.probe_left = self.FIRST_PROBE, 0
+        self.unmeasured = True  # the prefill pass, then each regime's first pass
+
+    def anchors(self, draft: Draft) -> list[int]:
+        self.fed_masks = self.masks_on
+        return self.inner.anchors(draft) if self.masks_on else []
+
+    def keeps_group(self, end: PathEnd) -> bool:
+        return self.inner.keeps_group(end)
+
+    def tokens_per_second(self, masks_on: bool) -> float | None:
+        measured = self.measured[masks_on]
+        seconds = sum(s for _, s in measured)
+        return sum(n for n, _ in measured) / seconds if seconds > 0 else None
+
+    def observe(self, new_tokens: int, seconds: float) -> None:
+        """What the pass `anchors` was last asked for produced, and its wall time with drafting."""
+        if not self.unmeasured:
+            self.measured[self.fed_masks].append((new_tokens, seconds))
+        self.unmeasured = False
+        if self.probe_left:
+            self.probe_left -= 1
+            if not self.probe_left:
+                self.until_probe = self.INTERVAL
+                on, off = self.tokens_per_second(True), self.tokens_per_second(False)
+                self._set(self.masks_on if on is None or off is None else on >= off)
+            return
+        self.until_probe -= 1
+        if self.until_probe <= 0:
+            self.probe_left = self.PROBE
+            self._set(not self.masks_on)
+
+    def _set(self, masks_on: bool) -> None:
+        if masks_on != self.masks_on:
+            self.masks_on, self.unmeasured = masks_on, True
 
 
 def policy(method: str, groups: int | None = None) -> Policy:

@@ -218,6 +218,7 @@ def test_predict_prices_lookup_passes_of_trees_with_more_groups_than_a_chain_has
 @pytest.mark.parametrize("extra, message", [
     (["--methods", "linear,beam"], "unknown method"),
     (["--methods", "autoregressive", "--lookup", "on"], "--lookup applies to the linear and quadratic"),
+    (["--methods", "autoregressive", "--cost-aware", "on"], "--cost-aware applies to the linear and quadratic"),
     (["--k-list", "1,x"], "comma-separated integers"),
     (["--k-list", "0,2"], "at least 1"),
     (["--k-list", "2,2"], "repeats"),
@@ -378,6 +379,20 @@ def test_several_group_counts_are_runs_of_their_own() -> None:
     # A measured result names its run, groups included.
     run = bench.runs_of(settings)[1]
     assert bench.run_of({"method": "quadratic", "k": 1, "lookup": True, "tree_budget": 0, "groups": 2}) == run
+
+
+def test_cost_aware_runs_are_measured_beside_the_others_and_not_replayed(tiny, tmp_path):
+    """--cost-aware both: each linear/quadratic run also decoded with CostAware, named, identical to
+    `generate`, left out of the replay check (its passes depend on timing)."""
+    out = tmp_path / "out"
+    assert main(bench_args(tiny, out, "--limit", "1", "--k-list", "2", "--max-new-tokens", "12", "--methods",
+                           "quadratic", "--groups", "1", "--cost-aware", "both", "--tau-table")) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert report["mismatches"] == []
+    assert sorted(report["summary"]["all"]["runs"]) == ["quadratic k=2 G=1", "quadratic k=2 G=1 cost-aware"]
+    assert list(report["summary"]["all"]["tau_table"]["replay_agreement"]) == ["quadratic k=2 G=1"]
+    assert {run["cost_aware"] for entry in report["prompts"] for run in entry["runs"]} == {False, True}
+    assert "## τ (tokens per step), quadratic G=1 cost-aware\n" in (out / "results.md").read_text()
 
 
 def test_group_counts_and_tree_budgets_side_by_side(tiny, tmp_path):

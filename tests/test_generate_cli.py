@@ -103,6 +103,20 @@ def test_tree_budget_decodes_the_same_tokens(tiny, tmp_path) -> None:
     assert result.returncode == 0 and " tree=12: 10 tokens in " in result.stderr.splitlines()[-1], result.stderr
 
 
+@pytest.mark.slow
+def test_cost_aware_decodes_the_same_tokens(tiny) -> None:
+    """--cost-aware: the JSON and the summary say so, the tokens are generate's."""
+    model_dir, checkpoint, loaded = tiny
+    common = ("--prompt", "Count to five.", "--model", str(model_dir), "--checkpoint", str(checkpoint),
+              "--max-new-tokens", "30", "--k", "3", "--method", "quadratic", "--cost-aware")
+    result = mtp_generate(*common, "--json")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["cost_aware"] is True and record["token_ids"] == _reference(loaded, "Count to five.", 30)
+    result = mtp_generate(*common)
+    assert result.returncode == 0 and " cost-aware: " in result.stderr.splitlines()[-1], result.stderr
+
+
 def test_prompt_streams_text_and_summary(tiny) -> None:
     model_dir, checkpoint, loaded = tiny
     result = mtp_generate("--prompt", "Name a colour.", "--model", str(model_dir), "--checkpoint", str(checkpoint),

@@ -69,7 +69,7 @@ def run_mtp(model: MTPModel, prompt_ids: list[int], run: Run, settings: Settings
     trace = decoding.generate(
         model, prompt_ids, method=run.method, k=run.k, max_new_tokens=settings.max_new_tokens, eos_token_ids=eos,
         use_sampler=settings.use_sampler, lookup=settings.prompt_lookup_tokens if run.lookup else 0,
-        groups=run.groups, tree_budget=run.tree_budget)
+        groups=run.groups, tree_budget=run.tree_budget, cost_aware=run.cost_aware)
     sync(device)
     seconds = time.perf_counter() - start
     return {
@@ -140,7 +140,7 @@ def measure_prompt(model: MTPModel, record: PromptRecord, prompt_ids: list[int],
     for name in runs_of(settings):
         run = measured[name]
         run.update(method=name.method, k=name.k, lookup=name.lookup, tree_budget=name.tree_budget, groups=name.groups,
-                   mismatch_at=first_mismatch(run["token_ids"], baseline["token_ids"]))
+                   cost_aware=name.cost_aware, mismatch_at=first_mismatch(run["token_ids"], baseline["token_ids"]))
         if run["mismatch_at"] is None:
             del run["token_ids"]  # the baseline's tokens; kept only where they differ
         entry["runs"].append(run)

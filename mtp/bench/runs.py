@@ -10,7 +10,7 @@ from ..data import PromptRecord
 
 METHODS = ("autoregressive", "linear", "quadratic", "prompt_lookup")
 BASELINE = "generate"
-LOOKUP_RUNS = {"off": (False,), "on": (True,), "both": (False, True)}  # Settings.lookup -> Run.lookup values
+LOOKUP_RUNS = {"off": (False,), "on": (True,), "both": (False, True)}  # Settings.lookup / cost_aware -> Run values
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Settings:
     tree_budgets: tuple[int, ...] = (0,)  # decoded linear/quadratic runs, one per tree budget (0: chains)
     # Draft-tree budgets replayed too: τ table rows at each k of k_list, and autotuning candidates.
     tau_trees: tuple[int, ...] = ()
+    cost_aware: str = "off"  # linear/quadratic runs with decoding's cost_aware option: off, on, or both
 
 
 class Run(NamedTuple):
@@ -41,6 +42,7 @@ class Run(NamedTuple):
     lookup: bool = False  # linear/quadratic with prompt-lookup drafts (decoding's lookup option)
     tree_budget: int = 0  # linear/quadratic drafting trees of this many nodes (0: chains)
     groups: int | None = None  # quadratic mask groups (None: k+1, the paper's layout)
+    cost_aware: bool = False  # mask groups only while they pay (decoding's cost_aware option)
 
 
 def runs_of(settings: Settings) -> list[Run]:
@@ -50,22 +52,24 @@ def runs_of(settings: Settings) -> list[Run]:
         if method in ("autoregressive", "prompt_lookup"):
             runs.append(Run(method))
         else:
-            runs.extend(Run(method, k, lookup, budget, groups)
+            runs.extend(Run(method, k, lookup, budget, groups, aware)
                         for k in settings.k_list for groups in groups_of(settings, method, k)
-                        for budget in settings.tree_budgets for lookup in LOOKUP_RUNS[settings.lookup])
+                        for budget in settings.tree_budgets for lookup in LOOKUP_RUNS[settings.lookup]
+                        for aware in LOOKUP_RUNS[settings.cost_aware])
     return runs
 
 
 def run_of(result: dict) -> Run:
     """The Run a measured result belongs to (results written before lookup existed have none)."""
     return Run(result["method"], result["k"], result.get("lookup", False), result.get("tree_budget", 0),
-               result.get("groups"))
+               result.get("groups"), result.get("cost_aware", False))
 
 
 def run_name(run: Run) -> str:
     """The run's label in the report, e.g. `quadratic k=4 G=1 tree 6 + lookup`."""
     return (run.method + ("" if run.k is None else f" k={run.k}") + ("" if run.groups is None else f" G={run.groups}")
-            + (f" tree {run.tree_budget}" if run.tree_budget else "") + (" + lookup" if run.lookup else ""))
+            + (f" tree {run.tree_budget}" if run.tree_budget else "") + (" + lookup" if run.lookup else "")
+            + (" cost-aware" if run.cost_aware else ""))
 
 
 def tree_configs(settings: Settings) -> list[tuple[int, int]]:

@@ -40,7 +40,7 @@ def summarize(results: list[dict], settings: Settings) -> dict:
         for name in runs_of(settings):
             runs = [run for e in entries for run in e["runs"] if run_of(run) == name]
             stats = _aggregate(runs)
-            stats.update(method=name.method, k=name.k, lookup=name.lookup,
+            stats.update(method=name.method, k=name.k, lookup=name.lookup, cost_aware=name.cost_aware,
                          mismatches=sum(run["mismatch_at"] is not None for run in runs))
             stats["speedup_vs_generate"] = stats["tokens_per_second"] / baseline["tokens_per_second"]
             if name.k is not None:
@@ -90,7 +90,7 @@ def tau_table(entries: list[dict], settings: Settings) -> dict:
     chain_drafter = acceptance.DRAFTERS[0] if settings.use_sampler else acceptance.DRAFTERS[1]
     agreement = {}
     for name in runs_of(settings):
-        if name.method not in DRAFTING_METHODS:
+        if name.method not in DRAFTING_METHODS or name.cost_aware:  # cost-aware runs depend on timing: no replay
             continue
         drafter = acceptance.tree_key(name.k, name.tree_budget) if name.tree_budget else chain_drafter
         # One prompt's replayed τ equals its decoded τ exactly when the pass counts are equal.

@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lookup", choices=("off", "on", "both"), default="off",
                         help="linear/quadratic runs with prompt-lookup drafts (decoding's lookup option): off "
                              "(default), on, or both (each run measured with and without)")
+    parser.add_argument("--cost-aware", choices=("off", "on", "both"), default="off",
+                        help="linear/quadratic runs that feed mask groups only while they pay (decoding's "
+                             "cost_aware option): off (default), on, or both (each run measured with and without)")
     parser.add_argument("--no-chat-template", action="store_true", help="feed prompts raw, without the chat template")
     parser.add_argument("--tau-table", action="store_true",
                         help="also τ of linear and quadratic at every k up to the checkpoint's, with and without the "
@@ -116,8 +119,9 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.lookup != "off" and not {"linear", "quadratic"} & set(methods):
-        raise UsageError("--lookup applies to the linear and quadratic methods, and --methods has neither")
+    for flag, value in (("--lookup", args.lookup), ("--cost-aware", args.cost_aware)):
+        if value != "off" and not {"linear", "quadratic"} & set(methods):
+            raise UsageError(f"{flag} applies to the linear and quadratic methods, and --methods has neither")
     if args.groups is not None and "quadratic" not in methods:
         raise UsageError("--groups applies to the quadratic method, which is not in --methods")
     if args.save_defaults and not args.cost_curve:
@@ -164,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
                               prompt_lookup_tokens=args.prompt_lookup_tokens, lookup=args.lookup,
                               chat_template=not args.no_chat_template,
                               tau_table_k=model.k if args.tau_table or args.cost_curve or tau_trees else 0,
-                              tree_budgets=tree_budgets, tau_trees=tau_trees)
+                              tree_budgets=tree_budgets, tau_trees=tau_trees, cost_aware=args.cost_aware)
     domains = sorted({r.domain for r in records})
     log.info("%d prompts (%s), runs per prompt: %s", len(records), ", ".join(domains),
              ", ".join(bench.run_name(run) for run in bench.runs_of(settings)))
