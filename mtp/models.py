@@ -186,7 +186,8 @@ def one_row_uses_onednn() -> bool:
     instead of 38.9 ms (docs/history.md); on an Intel Xeon with AMX, torch's kernel made it 35 ms instead
     of 49 ms (docs/bench/cheaper_passes_eval). Both margins are wide, so the choice is stable.
     """
-    weight, x = torch.randn(1536, 576), torch.randn(1, 576)  # SmolLM2-135M's widest projection
+    generator = torch.Generator().manual_seed(0)  # not the global one: a user's seeded draws stay theirs
+    weight, x = torch.randn(1536, 576, generator=generator), torch.randn(1, 576, generator=generator)  # SmolLM2's widest
 
     def median_seconds(linear) -> float:
         times = []

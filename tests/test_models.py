@@ -160,6 +160,15 @@ def test_set_cpu_linear_round_trip_keeps_weights_and_outputs(tiny_family):
         models.set_cpu_linear(model, "mkl")
 
 
+def test_timing_the_one_row_kernels_leaves_the_global_random_state_alone() -> None:
+    models.one_row_uses_onednn.cache_clear()
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    models.one_row_uses_onednn()
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_sibling_projections_run_as_one_matmul_with_the_same_numbers(tiny_family) -> None:
     """q/k/v and gate/up (biases too: qwen2's q/k/v have them) share one oneDNN matmul per pass of
     two or more rows, bit for bit what their separate matmuls give; one row runs them separately."""
