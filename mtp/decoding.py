@@ -219,8 +219,9 @@ def generate(
     sampling = Sampling(temperature, top_k, top_p, seed, model.mask_embeddings.device)
     stop = StopCriteria(max_new_tokens, eos_token_ids, stop_strings, tokenizer)
     verification = policy(method, k + 1 if groups is None else groups)
-    adaptive = CostAware(verification) if cost_aware and method != "autoregressive" else None
-    verification = adaptive or verification
+    adaptive = None
+    if cost_aware and method != "autoregressive":
+        verification = adaptive = CostAware(verification)
     if drafter is None:
         drafter = default_drafter(model, method=method, use_sampler=use_sampler, lookup=lookup, tree_budget=tree_budget)
     trace = Trace(method=method, k=0 if method == "autoregressive" else k, prompt_ids=list(prompt_ids),

@@ -96,14 +96,20 @@ class CostAware:
 
     def __init__(self, inner: Policy) -> None:
         self.inner = inner
-        self.name = inner.name
-        self.drafts_from_leftover_masks = inner.drafts_from_leftover_masks
         self.masks_on = True
         self.fed_masks = True  # the regime of the pass being verified
         self.measured: dict[bool, deque[tuple[int, float]]] = {True: deque(maxlen=self.WINDOW),
                                                               False: deque(maxlen=self.WINDOW)}
         self.until_probe, self.probe_left = self.FIRST_PROBE, 0
         self.unmeasured = True  # the prefill pass, then each regime's first pass
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def drafts_from_leftover_masks(self) -> bool:
+        return self.inner.drafts_from_leftover_masks
 
     def anchors(self, draft: Draft) -> list[int]:
         self.fed_masks = self.masks_on

@@ -234,11 +234,10 @@ class OneDnnLinear(nn.Linear):
 
     def packed_weight(self) -> torch.Tensor:
         """oneDNN's packed copy of the weight, re-packed whenever the weight changed (in place or swapped)."""
-        key = (self.weight.data_ptr(), self.weight._version)
+        key = weights_version(self.weight)
         cached = self.__dict__.get("_packed")
         if cached is None or cached[0] != key:
-            with torch.no_grad():
-                cached = (key, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), self.PACK_ROWS_HINT))
+            cached = (key, pack(self.weight))
             self.__dict__["_packed"] = cached
         return cached[1]
 
@@ -248,6 +247,17 @@ class OneDnnLinear(nn.Linear):
         state.pop("_packed", None)
         state.pop("_siblings", None)  # a copy runs alone (same numbers, one call per projection)
         return state
+
+
+def weights_version(*weights: torch.Tensor) -> tuple:
+    """What changes when any of these weights is swapped or updated in place: a packed copy is then stale."""
+    return tuple((weight.data_ptr(), weight._version) for weight in weights)
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """oneDNN's blocked copy of a weight, for matmuls of two or more rows."""
+    with torch.no_grad():
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), OneDnnLinear.PACK_ROWS_HINT)
 
 
 # Projections of a layer that read the same input, by the attribute names transformers' models use.
@@ -274,12 +284,11 @@ class Siblings:
 
     def packed_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The members' weights (and biases) concatenated and packed, re-packed when any weight changed."""
-        key = tuple((m.weight.data_ptr(), m.weight._version) for m in self.members)
+        key = weights_version(*(m.weight for m in self.members))
         if self._packed is None or self._packed[0] != key:
             with torch.no_grad():
-                weight = torch.cat([m.weight.detach() for m in self.members])
                 bias = None if self.members[0].bias is None else torch.cat([m.bias.detach() for m in self.members])
-                self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight, OneDnnLinear.PACK_ROWS_HINT), bias)
+                self._packed = (key, pack(torch.cat([m.weight.detach() for m in self.members])), bias)
         return self._packed[1], self._packed[2]
 
     def output(self, member: OneDnnLinear, x: torch.Tensor) -> torch.Tensor:
