@@ -110,6 +110,40 @@ def test_inference_lora_update_matches_the_module_path(tiny_family):
     assert (fused[0, len(ids):] - closed[0, len(ids):]).abs().max() > 1e-3  # the masks' rows did get the update
 
 
+def test_inference_lora_update_follows_the_weights():
+    """Decoding's kept (A^T, B^T) see in-place training steps, swapped storage and a disabled adapter."""
+    model = make("llama").eval()
+    ids = list(range(3, 15))
+    layout = step_layout(ids, 0, 4, [len(ids) - 1])
+    args = (layout.input_ids[None], layout.position_ids[None], layout.attention[None])
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            fused = model(*args).hidden
+        with torch.enable_grad():
+            modules = model(*args).hidden
+        return fused, modules
+
+    before, _ = both()
+    layers = [m for m in model.modules() if isinstance(m, adapter.GatedLoraLinear)]
+    with torch.no_grad():
+        for layer in layers:
+            layer.lora_B[adapter.ADAPTER_NAME].weight.mul_(2.0)  # in place, as an optimizer step
+    fused, modules = both()
+    assert torch.allclose(fused, modules, atol=1e-6) and not torch.allclose(fused, before, atol=1e-3)
+    for layer in layers:  # new storage, as .to() or a loaded state can give
+        weight = layer.lora_A[adapter.ADAPTER_NAME].weight
+        weight.data = weight.data * 0.5
+    fused, modules = both()
+    assert torch.allclose(fused, modules, atol=1e-6)
+    for layer in layers:
+        layer.enable_adapters(False)
+    with torch.no_grad():
+        disabled = model(*args).hidden
+        closed = model(*args, gate=False).hidden
+    assert torch.equal(disabled, closed)
+
+
 def test_concurrent_calls_keep_their_own_gate():
     model = make("llama", k=4)
     layouts = [step_layout([1, 2, 3, 4, 5, 6], 0, 4, [5]), step_layout([7, 8, 9], 0, 4, [0, 1, 2])]
