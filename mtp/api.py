@@ -2,7 +2,8 @@
 
     from mtp.api import chosen_checkpoint, decoding_settings, load_mtp
     mtp_model, tokenizer = load_mtp()            # embedded model + shipped checkpoint
-    settings = decoding_settings(mtp_model, chosen_checkpoint(None, None))  # method, k, groups, lookup, tree_budget, source
+    settings = decoding_settings(mtp_model, chosen_checkpoint(None, None))  # method, k, groups, lookup, tree_budget,
+                                                                             # cost_aware, source
 """
 
 from __future__ import annotations
@@ -63,26 +64,30 @@ class DecodingSettings(NamedTuple):
     groups: int | None  # quadratic mask groups; None: k+1, the paper's layout
     lookup: int  # prompt-lookup drafts per pass (0: the masks' drafts only)
     tree_budget: int  # nodes of the masks' draft tree per pass (0: a chain)
+    cost_aware: bool  # mask groups only while they pay (decoding.generate's cost_aware)
     source: str  # where the defaults came from
 
 
 def decoding_settings(model: MTPModel, checkpoint_dir: str | Path | None, method: str | None = None,
                       k: int | None = None, groups: int | None = None,
-                      lookup: int | None = None, tree_budget: int | None = None) -> DecodingSettings:
-    """(method, k, groups, lookup, tree_budget, source) to decode with.
+                      lookup: int | None = None, tree_budget: int | None = None,
+                      cost_aware: bool | None = None) -> DecodingSettings:
+    """(method, k, groups, lookup, tree_budget, cost_aware, source) to decode with.
 
     Given values win. The rest comes from the checkpoint's measured defaults for the model's device
     type (`python -m mtp bench --cost-curve --save-defaults`), else quadratic with the checkpoint's
     k and no lookup. The source says where the defaults came from: "measured on <machine>
-    (<created>)", "built-in", or "explicit" when the method's layout was fully given (lookup and
-    trees then default to off).
+    (<created>)", "built-in", or "explicit" when the method's layout was fully given (lookup, trees and
+    cost-awareness then default to off).
     """
     if method is not None and k is not None and (groups is not None or method != "quadratic"):
-        return DecodingSettings(method, k, groups, lookup or 0, tree_budget or 0, EXPLICIT)
+        return DecodingSettings(method, k, groups, lookup or 0, tree_budget or 0,
+                                False if cost_aware is None else cost_aware, EXPLICIT)
     entry = _measured_defaults(model, checkpoint_dir)
     if entry is None or method not in (None, entry["method"]):
         # No measurement, or another method than the measured one: its k and groups do not carry over.
-        return DecodingSettings(method or "quadratic", k or model.k, groups, lookup or 0, tree_budget or 0, BUILT_IN)
+        return DecodingSettings(method or "quadratic", k or model.k, groups, lookup or 0, tree_budget or 0,
+                                False if cost_aware is None else cost_aware, BUILT_IN)
     used = method is None or k is None
     k = k or entry["k"]
     if groups is None and entry["groups"] is not None and entry["groups"] <= k + 1:
@@ -93,8 +98,11 @@ def decoding_settings(model: MTPModel, checkpoint_dir: str | Path | None, method
     if tree_budget is None:
         tree_budget = entry.get("tree_budget", 0)
         used = used or bool(tree_budget)
+    if cost_aware is None:
+        cost_aware = entry.get("cost_aware", False)
+        used = used or cost_aware
     source = f"measured on {entry['machine']} ({entry['created']})" if used else BUILT_IN
-    return DecodingSettings(entry["method"], k, groups, lookup, tree_budget, source)
+    return DecodingSettings(entry["method"], k, groups, lookup, tree_budget, cost_aware, source)
 
 
 def _measured_defaults(model: MTPModel, checkpoint_dir: str | Path | None) -> dict | None:

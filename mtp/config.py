@@ -14,9 +14,12 @@ FORMAT_VERSION = 1
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DECODING_DEFAULTS_FILE = "decoding_defaults.json"  # measured best decoding settings, keyed by device type
 DEFAULTS_METHODS = ("linear", "quadratic")  # the defaults pick MTP decoding; autoregressive needs no checkpoint
-DEFAULTS_FIELDS = ("method", "k", "groups", "lookup", "tree_budget", "predicted_tokens_per_second",
-                   "predicted_speedup_vs_autoregressive", "tokens_per_step", "machine", "torch_threads", "created",
-                   "command")
+# What an entry holds: the settings, how fast they were, where and how measured. The speed is either
+# predicted (the autotuner: cost curve x replay) or measured (decoded side by side with `generate`).
+DEFAULTS_FIELDS = ("method", "k", "groups", "lookup", "tree_budget", "cost_aware", "tokens_per_step",
+                   "predicted_tokens_per_second", "predicted_speedup_vs_autoregressive", "tokens_per_second",
+                   "speedup_vs_generate", "basis", "machine", "torch_threads", "created", "command")
+DEFAULTS_REQUIRED = ("method", "k", "groups", "tokens_per_step", "machine", "torch_threads", "created", "command")
 # Absent from files written before they existed: 0, no lookup drafts, chains rather than trees.
 DEFAULTS_OPTIONAL = ("lookup", "tree_budget")
 
@@ -108,7 +111,7 @@ def _defaults_problem(entry: object) -> str | None:
     """Why an entry of decoding_defaults.json is unusable, or None when it is fine."""
     if not isinstance(entry, dict):
         return "is not a JSON object"
-    missing = [name for name in DEFAULTS_FIELDS if name not in entry and name not in DEFAULTS_OPTIONAL]
+    missing = [name for name in DEFAULTS_REQUIRED if name not in entry]
     if missing:
         return f"lacks {missing}"
     k, groups = entry["k"], entry["groups"]
@@ -123,6 +126,8 @@ def _defaults_problem(entry: object) -> str | None:
         value = entry.get(name, 0)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             return f"has {name} {value!r}, not an integer >= 0"
+    if not isinstance(entry.get("cost_aware", False), bool):  # absent: written before it existed, off
+        return f"has cost_aware {entry['cost_aware']!r}, not true or false"
     return None
 
 

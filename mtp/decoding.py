@@ -212,7 +212,8 @@ def generate(
     """
     k = model.k if k is None else k
     check_decoding(method=method, k=k, max_k=model.k, groups=groups, lookup=lookup, tree_budget=tree_budget,
-                   temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens)
+                   temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+                   cost_aware=cost_aware)
     if not prompt_ids:
         raise OptionError("the prompt is empty")
     start = time.perf_counter()

@@ -32,7 +32,7 @@ from .decoding import generate as mtp_generate
 from .options import OptionError
 
 # generate(..., mtp_<name>=value): the MTP options the entry takes, as api.decoding_settings names them.
-SETTINGS = ("method", "k", "groups", "lookup", "tree_budget")
+SETTINGS = ("method", "k", "groups", "lookup", "tree_budget", "cost_aware")
 # Arguments of `generate` the entry refuses unless unset, False or an empty list.
 _NEUTRAL = ("logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", "synced_gpus", "assistant_model",
             "negative_prompt_ids", "negative_prompt_attention_mask")
@@ -115,7 +115,7 @@ def generate(model: PreTrainedModel, inputs: torch.Tensor | None = None,
     GenerateDecoderOnlyOutput with return_dict_in_generate=True.
 
     mtp_checkpoint (required): the MTP checkpoint directory trained on this model.
-    mtp_method, mtp_k, mtp_groups, mtp_lookup, mtp_tree_budget: as in mtp.decoding.generate; unset
+    mtp_method, mtp_k, mtp_groups, mtp_lookup, mtp_tree_budget, mtp_cost_aware: as in mtp.decoding.generate; unset
     ones come from the checkpoint's measured defaults (api.decoding_settings).
     max_new_tokens / max_length and eos_token_id come from the call or the model's generation_config.
     """
@@ -142,8 +142,8 @@ def generate(model: PreTrainedModel, inputs: torch.Tensor | None = None,
     eos = [] if config._eos_token_tensor is None else config._eos_token_tensor.reshape(-1).tolist()
     prompt = ids[0].tolist()
     trace = mtp_generate(mtp_model, prompt, method=chosen.method, k=chosen.k, groups=chosen.groups,
-                         lookup=chosen.lookup, tree_budget=chosen.tree_budget, max_new_tokens=max_new,
-                         eos_token_ids=eos, streamer=streamer)
+                         lookup=chosen.lookup, tree_budget=chosen.tree_budget, cost_aware=chosen.cost_aware,
+                         max_new_tokens=max_new, eos_token_ids=eos, streamer=streamer)
     sequences = torch.tensor([prompt + trace.token_ids], dtype=ids.dtype, device=ids.device)
     if config.return_dict_in_generate:
         return GenerateDecoderOnlyOutput(sequences=sequences)

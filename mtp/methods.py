@@ -86,13 +86,18 @@ class CostAware:
     pass without it (t_0 and any prompt-lookup or leftover-mask drafts, as transformers' prompt
     lookup feeds) produces more tokens per second, and how much more depends on the CPU: on an Intel
     Xeon a one-row pass cost 35 ms and one with a 4-mask group 60 ms (docs/bench/cheaper_passes_eval).
-    So two regimes: "on" (the wrapped policy's groups) and "off" (none). Every INTERVAL passes the
+    So two regimes: "on" (the wrapped policy's groups) and "off" (none). After FIRST_PROBE passes the
     other regime runs for PROBE passes; then decoding keeps whichever produced more tokens per second
-    over its last WINDOW measured passes. A regime's first pass is not measured: its tokens came from
-    the previous regime's drafts. Drafts are proposals only: the output never depends on the choice.
+    over its last WINDOW measured passes, and probes again after INTERVAL passes — twice as long after
+    each probe that kept the regime (up to MAX_INTERVAL), INTERVAL again after one that switched.
+    A regime's first pass is not measured: its tokens came from the previous regime's drafts. In
+    both regimes a pass verifying prompt-lookup drafts carries no group: the text is being copied,
+    so the next pass most often drafts by lookup again and the group's drafts would go unused.
+    Drafts are proposals only: the output never depends on the choice.
     """
 
-    INTERVAL, PROBE, WINDOW, FIRST_PROBE = 16, 6, 16, 6  # passes; chosen on held-out prompts (§8)
+    # Passes; chosen on held-out prompts (§8).
+    INTERVAL, PROBE, WINDOW, FIRST_PROBE, MAX_INTERVAL = 16, 6, 16, 6, 64
 
     def __init__(self, inner: Policy) -> None:
         self.inner = inner
@@ -100,6 +105,7 @@ class CostAware:
         self.fed_masks = True  # the regime of the pass being verified
         self.measured: dict[bool, deque[tuple[int, float]]] = {True: deque(maxlen=self.WINDOW),
                                                               False: deque(maxlen=self.WINDOW)}
+        self.interval = self.INTERVAL
         self.until_probe, self.probe_left = self.FIRST_PROBE, 0
         self.unmeasured = True  # the prefill pass, then each regime's first pass
 
@@ -113,7 +119,7 @@ class CostAware:
 
     def anchors(self, draft: Draft) -> list[int]:
         self.fed_masks = self.masks_on
-        return self.inner.anchors(draft) if self.masks_on else []
+        return self.inner.anchors(draft) if self.masks_on and not draft.looked_up else []
 
     def keeps_group(self, end: PathEnd) -> bool:
         return self.inner.keeps_group(end)
@@ -131,9 +137,11 @@ class CostAware:
         if self.probe_left:
             self.probe_left -= 1
             if not self.probe_left:
-                self.until_probe = self.INTERVAL
+                probed = self.masks_on
                 on, off = self.tokens_per_second(True), self.tokens_per_second(False)
-                self._set(self.masks_on if on is None or off is None else on >= off)
+                self._set(probed if on is None or off is None else on >= off)
+                self.interval = self.INTERVAL if self.masks_on == probed else min(2 * self.interval, self.MAX_INTERVAL)
+                self.until_probe = self.interval
             return
         self.until_probe -= 1
         if self.until_probe <= 0:

@@ -54,7 +54,8 @@ def cli_flag(name: str) -> str:
 def check_decoding(*, method: str | None = None, k: int | None = None, max_k: int | None = None,
                    groups: int | None = None, lookup: int | None = None, tree_budget: int | None = None,
                    temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                   max_new_tokens: int | None = None, spell: Callable[[str], str] = str) -> None:
+                   max_new_tokens: int | None = None, cost_aware: bool | None = None,
+                   spell: Callable[[str], str] = str) -> None:
     """Raise OptionError with one message for the first decoding option that is invalid.
 
     None means "not given" and always passes. max_k is the adapter's k (None: not known yet, only
@@ -82,6 +83,8 @@ def check_decoding(*, method: str | None = None, k: int | None = None, max_k: in
     if top_p is not None and not 0 < top_p <= 1:
         raise OptionError(f"{spell('top_p')} must be in (0, 1], got {top_p}")
     check_int(spell("max_new_tokens"), max_new_tokens, 0)
+    if cost_aware is not None and not isinstance(cost_aware, bool):
+        raise OptionError(f"{spell('cost_aware')} must be True or False, got {cost_aware!r}")
 
 
 def eos_token_ids(tokenizer: object, generation_config: object | None) -> list[int]:

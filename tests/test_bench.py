@@ -108,7 +108,8 @@ def test_bench_end_to_end(tiny, tmp_path):
     mtp_ranked = [c for c in report["predictions"] if c["method"] != "autoregressive"]
     assert (defaults["method"], defaults["k"], defaults["groups"]) == (
         mtp_ranked[0]["method"], mtp_ranked[0]["k"], mtp_ranked[0]["groups"])
-    assert read_decoding_defaults(checkpoint, "cpu") == {name: defaults[name] for name in DEFAULTS_FIELDS}
+    assert read_decoding_defaults(checkpoint, "cpu") == {name: defaults[name] for name in DEFAULTS_FIELDS
+                                                         if name in defaults}
     assert "--save-defaults" in defaults["command"] and defaults["cpu_linear"] == "onednn"
     markdown = (out / "results.md").read_text()
     assert "1 threads, device cpu, CPU linear kernel onednn)" in markdown
@@ -226,7 +227,7 @@ def test_predict_prices_lookup_passes_of_trees_with_more_groups_than_a_chain_has
     (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
     (["--methods", "linear", "--groups", "2"], "--groups applies to the quadratic"),
     (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
-    (["--save-defaults"], "--save-defaults needs --cost-curve"),
+    (["--methods", "prompt_lookup", "--save-defaults"], "--save-defaults needs --cost-curve"),
 ])
 def test_bad_input_exits_2(tiny, tmp_path, capsys, extra, message):
     assert main(bench_args(tiny, tmp_path / "out", *extra)) == 2
@@ -393,6 +394,28 @@ def test_cost_aware_runs_are_measured_beside_the_others_and_not_replayed(tiny, t
     assert list(report["summary"]["all"]["tau_table"]["replay_agreement"]) == ["quadratic k=2 G=1"]
     assert {run["cost_aware"] for entry in report["prompts"] for run in entry["runs"]} == {False, True}
     assert "## τ (tokens per step), quadratic G=1 cost-aware\n" in (out / "results.md").read_text()
+
+
+def test_save_defaults_from_decoded_runs(tiny, tmp_path):
+    """--save-defaults without --cost-curve: the fastest decoded linear/quadratic run, cost-aware
+    ones included, becomes the device's defaults, with what it measured."""
+    out = tmp_path / "out"
+    checkpoint = shutil.copytree(tiny / "ckpt", tmp_path / "ckpt")
+    assert main(bench_args(tiny, out, "--limit", "1", "--k-list", "2", "--max-new-tokens", "12", "--methods",
+                           "quadratic,prompt_lookup", "--groups", "1", "--lookup", "on", "--cost-aware", "both",
+                           "--checkpoint", str(checkpoint), "--save-defaults")) == 0
+    report = json.loads((out / "bench.json").read_text())
+    runs = {name: stats for name, stats in report["summary"]["all"]["runs"].items() if name.startswith("quadratic")}
+    fastest = max(runs, key=lambda name: runs[name]["tokens_per_second"])
+    saved = read_decoding_defaults(checkpoint, "cpu")
+    assert saved == {name: report["defaults"][name] for name in DEFAULTS_FIELDS if name in report["defaults"]}
+    assert (saved["method"], saved["k"], saved["groups"], saved["lookup"]) == ("quadratic", 2, 1, 10)
+    assert saved["cost_aware"] == fastest.endswith(" cost-aware")
+    assert saved["tokens_per_second"] == runs[fastest]["tokens_per_second"]
+    assert saved["speedup_vs_generate"] == runs[fastest]["speedup_vs_generate"]
+    assert "predicted_tokens_per_second" not in saved and "decoded" in saved["basis"]
+    assert "Chosen defaults, the fastest MTP setting decoded" in (out / "results.md").read_text()
+    assert json.loads((out / "defaults.json").read_text()) == report["defaults"]
 
 
 def test_group_counts_and_tree_budgets_side_by_side(tiny, tmp_path):

@@ -24,17 +24,37 @@ def run(policy: CostAware, passes: int, tokens_per_second: dict[bool, float]) ->
 
 
 def expected_regimes(passes: int, masks_faster: bool) -> list[bool]:
-    """On until the first probe; then the faster regime, the other probed for PROBE passes every INTERVAL."""
+    """On until the first probe; then the faster regime, the other probed for PROBE passes after
+    INTERVAL passes, the interval doubling (up to MAX_INTERVAL) after each probe that kept the regime."""
     regimes = [True] * CostAware.FIRST_PROBE + [False] * CostAware.PROBE
+    interval = 2 * CostAware.INTERVAL if masks_faster else CostAware.INTERVAL  # off won the first probe: a switch
     while len(regimes) < passes:
-        regimes += [masks_faster] * CostAware.INTERVAL + [not masks_faster] * CostAware.PROBE
+        regimes += [masks_faster] * interval + [not masks_faster] * CostAware.PROBE
+        interval = min(2 * interval, CostAware.MAX_INTERVAL)
     return regimes[:passes]
 
 
 @pytest.mark.parametrize("masks_faster", [True, False])
 def test_keeps_whichever_regime_produces_more_tokens_per_second(masks_faster: bool) -> None:
     rates = {True: 30.0, False: 20.0} if masks_faster else {True: 20.0, False: 30.0}
-    assert run(CostAware(Quadratic(1)), 80, rates) == expected_regimes(80, masks_faster)
+    assert run(CostAware(Quadratic(1)), 200, rates) == expected_regimes(200, masks_faster)
+
+
+def test_a_switch_brings_probes_back_to_the_short_interval() -> None:
+    policy = CostAware(Quadratic(1))
+    run(policy, CostAware.FIRST_PROBE + CostAware.PROBE, {True: 30.0, False: 20.0})
+    assert policy.masks_on and policy.interval == 2 * CostAware.INTERVAL
+    # The text changes: masks stop paying. The next probe switches off, and probes come sooner again.
+    regimes = run(policy, 2 * CostAware.INTERVAL + CostAware.PROBE + CostAware.INTERVAL + 1, {True: 10.0, False: 20.0})
+    assert regimes[-CostAware.INTERVAL - 1:] == [False] * CostAware.INTERVAL + [True]
+    assert policy.interval == CostAware.INTERVAL
+
+
+def test_passes_verifying_lookup_drafts_carry_no_group() -> None:
+    policy = CostAware(Quadratic(2))
+    looked_up = Draft.chain([5, 6, 7], looked_up=True)
+    assert policy.anchors(looked_up) == [] and policy.fed_masks  # counted as the "on" regime's pass
+    assert policy.anchors(CHAIN) == [-1, 0]
 
 
 def test_a_regimes_first_pass_is_not_measured() -> None:

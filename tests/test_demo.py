@@ -22,7 +22,7 @@ from mtp.models import EMBEDDED_NAME
 from tests.app_helpers import autoregressive_trace, recorded_trace
 from tests.train_helpers import tiny_loaded
 
-MEASURED = DecodingSettings("quadratic", 4, 1, 10, 0, "measured on AMD EPYC (2026-11-26)")
+MEASURED = DecodingSettings("quadratic", 4, 1, 10, 0, False, "measured on AMD EPYC (2026-11-26)")
 
 
 def fake_checkpoint(folder: Path) -> Path:
@@ -101,10 +101,13 @@ def test_race_lanes_name_their_settings():
     assert "k = 4" in linear.settings and "drafts" in auto.settings
     assert default.details() == {"lane": "measured default", "groups": "1", "lookup": 10, "tree": "–"}
     # Without measured defaults (or when they equal a lane) there is no default lane.
-    assert len(race.race_lanes(4, DecodingSettings("quadratic", 4, None, 0, 0, BUILT_IN))) == 4
+    assert len(race.race_lanes(4, DecodingSettings("quadratic", 4, None, 0, 0, False, BUILT_IN))) == 4
     assert len(race.race_lanes(4, MEASURED._replace(groups=5, lookup=0))) == 4
     assert len(race.race_lanes(4, MEASURED._replace(groups=5, lookup=0, tree_budget=16))) == 4
     assert race.race_lanes(4, MEASURED._replace(tree_budget=8))[-1].details()["tree"] == 8
+    # A cost-aware default is a lane of its own, even where its layout equals another lane's.
+    aware = race.race_lanes(4, MEASURED._replace(groups=5, lookup=0, cost_aware=True))
+    assert len(aware) == 5 and aware[-1].cost_aware and "mask groups only while they pay" in aware[-1].settings
 
 
 def test_machine_serialises_races_and_sees_other_requests():

@@ -177,6 +177,12 @@ def test_measured_defaults_are_used(tiny, tmp_path) -> None:
     assert record["token_ids"] == _reference(loaded, prompt, 6)
     record = json.loads(mtp_generate(*base[2:], "--prompt", prompt, "--lookup", "0", "--json").stdout)
     assert record["lookup"] == 0 and record["token_ids"] == _reference(loaded, prompt, 6)
+    # A measured cost-aware default likewise, and --no-cost-aware turns it off.
+    write_decoding_defaults(measured, "cpu", {**entry, "cost_aware": True})
+    record = json.loads(mtp_generate(*base, "--json").stdout)
+    assert record["cost_aware"] is True and record["token_ids"] == _reference(loaded, "Say hello.", 6)
+    record = json.loads(mtp_generate(*base, "--no-cost-aware", "--json").stdout)
+    assert record["cost_aware"] is False and record["defaults_source"] == "measured on Bench CPU (2025-02-03T04:05:06+00:00)"
 
 
 @pytest.mark.slow

@@ -49,12 +49,13 @@ def mtp_call(model, ids, checkpoint, **kwargs):
                           **kwargs)
 
 
-@pytest.mark.parametrize("method,k", [("linear", 4), ("quadratic", 2), ("autoregressive", None)])
-def test_entry_equals_plain_greedy_generate(model, checkpoint, method, k) -> None:
+@pytest.mark.parametrize("method,k,cost_aware", [("linear", 4, None), ("quadratic", 2, None), ("quadratic", 3, True),
+                                                ("autoregressive", None, None)])
+def test_entry_equals_plain_greedy_generate(model, checkpoint, method, k, cost_aware) -> None:
     for seed, length in ((0, 5), (1, 17)):
         ids = torch.tensor([random_prompt(seed, length, 128)])
         reference = model.generate(ids, do_sample=False, max_new_tokens=24, pad_token_id=0)
-        out = mtp_call(model, ids, checkpoint, max_new_tokens=24, mtp_method=method, mtp_k=k)
+        out = mtp_call(model, ids, checkpoint, max_new_tokens=24, mtp_method=method, mtp_k=k, mtp_cost_aware=cost_aware)
         assert out.dtype == torch.long and out.tolist() == reference.tolist(), (method, seed)
     # The adapter stays attached to the model: its own generate is unchanged (the gate is closed).
     assert model.generate(ids, do_sample=False, max_new_tokens=24, pad_token_id=0).tolist() == reference.tolist()
@@ -106,6 +107,7 @@ def test_text_iterator_streamer_with_the_entry_and_with_mtp_generate(model, chec
     ({"mtp_k": 9}, OptionError, "k must be between 1 and 4"),
     ({"max_new_tokens": None, "max_length": 5}, OptionError, "no new token to generate"),
     ({"mtp_sampler": False}, OptionError, "unknown MTP option(s) mtp_sampler"),
+    ({"mtp_cost_aware": "yes"}, OptionError, "cost_aware must be True or False, got 'yes'"),
     ({"mtp_checkpoint": None}, CheckpointError, "needs mtp_checkpoint"),
     ({"mtp_checkpoint": "no/such/dir"}, CheckpointError, "does not exist"),
 ])

@@ -35,6 +35,7 @@ from mtp.options import MAX_TREE_BUDGET, METHODS, OptionError, check_decoding, e
     (dict(top_p=0.0), "top_p must be in (0, 1]"),
     (dict(top_p=1.5), "top_p must be in (0, 1]"),
     (dict(max_new_tokens=-1), "max_new_tokens must be at least 0"),
+    (dict(cost_aware=1), "cost_aware must be True or False, got 1"),
 ])
 def test_bad_options_raise_one_clear_message(options, message) -> None:
     with pytest.raises(OptionError, match=None) as caught:
@@ -50,6 +51,7 @@ def test_good_options_and_not_given_pass() -> None:
                        max_new_tokens=0)
     check_decoding(method="quadratic", k=8, max_k=8, groups=9, lookup=10, tree_budget=MAX_TREE_BUDGET)
     check_decoding(groups=3)  # k not known yet: only groups >= 1
+    check_decoding(cost_aware=True)
 
 
 def test_eos_token_ids_is_the_union() -> None:

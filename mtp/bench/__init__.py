@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from ..adapter import MTPModel
 from ..data import PromptRecord
 from ..models import cpu_linear_of
-from .autotune import TREE_GROUPS, choose_defaults, cost_curve, predict
+from .autotune import TREE_GROUPS, choose_decoded_defaults, choose_defaults, cost_curve, predict
 from .measure import PARTIAL_FILE, PartialMismatch, bench_prompts, first_mismatch, machine_info, read_partial
 from .report import write_outputs
 from .runs import METHODS, Settings, limit_per_domain, run_name, run_of, runs_of, tree_configs
@@ -39,9 +39,11 @@ __all__ = ["METHODS", "PARTIAL_FILE", "TREE_GROUPS", "PartialMismatch", "Setting
 def benchmark(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: list[PromptRecord],
               settings: Settings, *, model_name: str, checkpoint: str | None, command: str,
               with_cost_curve: bool = False, curve_repeats: int = 7, progress: bool = True,
-              partial: Path | None = None, resume: bool = False) -> dict:
+              partial: Path | None = None, resume: bool = False, decoded_defaults: bool = False) -> dict:
     """Run everything and return the report that write_outputs saves.
 
+    The report's defaults: the fastest prediction when the cost curve is measured, else, with
+    decoded_defaults, the fastest decoded linear/quadratic run.
     partial: where finished prompts are written as they complete; resume: read it back first
     (it must come from a run with the same model and settings) and measure only what is missing.
     """
@@ -66,7 +68,9 @@ def benchmark(model: MTPModel, tokenizer: PreTrainedTokenizerBase, records: list
         ranked = predict(results, curve, settings)
         report.update(cost_curve=curve, predictions=ranked)
         defaults = choose_defaults(report)
-        if defaults is not None:
-            report["defaults"] = defaults
+    else:
+        defaults = choose_decoded_defaults(report, settings) if decoded_defaults else None
+    if defaults is not None:
+        report["defaults"] = defaults
     report["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     return report

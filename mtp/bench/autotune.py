@@ -1,7 +1,9 @@
 """Autotuning the decoding defaults: the cost curve (seconds of decoding's own passes and drafting on a
 warm cache, per input length and pass shape) crossed with each prompt's pass sequence replayed from its
 teacher-forced matches predicts tokens/s per (method, k, groups, lookup, tree budget); the fastest MTP
-setting becomes the checkpoint's defaults (`python -m mtp bench --cost-curve --save-defaults`)."""
+setting becomes the checkpoint's defaults (`python -m mtp bench --cost-curve --save-defaults`). Without
+the cost curve, the fastest decoded run does (`choose_decoded_defaults`): slower to measure, but it
+covers what no replay can predict (cost-aware decoding) and has no cost-curve noise."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from ..kv_cache import decoding_cache
 from ..methods import Autoregressive, Linear, Policy, Quadratic
 from ..sampling import Sampling
 from .measure import sync
-from .runs import Settings, tree_configs
+from .runs import Settings, run_name, runs_of, tree_configs
 from .summary import leftover_of
 
 CURVE_LENGTHS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50, 64, 81, 100)
@@ -193,16 +195,38 @@ def choose_defaults(report: dict) -> dict | None:
     best = next((c for c in report["predictions"] if c["method"] in DEFAULTS_METHODS), None)
     if best is None:
         return None
-    machine, model = report["machine"], report["model"]
     return {
         "method": best["method"], "k": best["k"], "groups": best["groups"], "lookup": best["lookup"],
-        "tree_budget": best["tree_budget"],
+        "tree_budget": best["tree_budget"], "cost_aware": False,
         "predicted_tokens_per_second": best["predicted_tokens_per_second"],
         "predicted_speedup_vs_autoregressive": best["predicted_speedup_vs_autoregressive"],
-        "tokens_per_step": best["tokens_per_step"], "device": machine["device"],
-        "machine": machine.get("gpu", machine["cpu"]), "torch_threads": machine["torch_threads"],
-        "cpu_linear": machine["cpu_linear"],
-        "model": model["name"], "checkpoint": model["checkpoint"], "use_sampler": report["settings"]["use_sampler"],
-        "prompts": len(report["prompts"]), "created": report["created"], "command": report["command"],
+        "tokens_per_step": best["tokens_per_step"], **_provenance(report),
         "basis": "cost curve (warm cache) x each prompt's pass sequence replayed from teacher-forced drafts",
+    }
+
+
+def _provenance(report: dict) -> dict:
+    """Where and how a defaults record was measured."""
+    machine, model = report["machine"], report["model"]
+    return {"device": machine["device"], "machine": machine.get("gpu", machine["cpu"]),
+            "torch_threads": machine["torch_threads"], "cpu_linear": machine["cpu_linear"], "model": model["name"],
+            "checkpoint": model["checkpoint"], "use_sampler": report["settings"]["use_sampler"],
+            "prompts": len(report["prompts"]), "created": report["created"], "command": report["command"]}
+
+
+def choose_decoded_defaults(report: dict, settings: Settings) -> dict | None:
+    """The defaults.json record: the decoded linear/quadratic run with the most tokens/s over all
+    prompts (greedy runs identical to `generate` on every prompt only), with its provenance."""
+    overall = report["summary"]["all"]
+    runs = [(run, overall["runs"][run_name(run)]) for run in runs_of(settings) if run.method in DEFAULTS_METHODS]
+    runs = [(run, stats) for run, stats in runs if not stats["mismatches"] and stats["new_tokens"]]
+    if not runs:
+        return None
+    run, stats = max(runs, key=lambda pair: pair[1]["tokens_per_second"])
+    return {
+        "method": run.method, "k": run.k, "groups": run.groups,
+        "lookup": settings.prompt_lookup_tokens if run.lookup else 0, "tree_budget": run.tree_budget,
+        "cost_aware": run.cost_aware, "tokens_per_step": stats["tokens_per_step"],
+        "tokens_per_second": stats["tokens_per_second"], "speedup_vs_generate": stats["speedup_vs_generate"],
+        **_provenance(report), "basis": "the fastest decoded run, all prompts, side by side with generate",
     }

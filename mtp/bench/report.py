@@ -114,14 +114,17 @@ def markdown(report: dict) -> str:
                               _fmt(c["tokens_per_step"]),
                               _fmt(c["predicted_tokens_per_second"], 1),
                               _fmt(c["predicted_speedup_vs_autoregressive"], 2, "×")] for c in ranked[:10]]))
-        best = report.get("defaults")
-        if best:
-            speedup = best["predicted_speedup_vs_autoregressive"]
-            verdict = "faster" if speedup > 1 else "not faster"
-            parts += ["", f"Chosen defaults, the fastest MTP setting (written to `{DEFAULTS_FILE}`): method "
-                          f"{best['method']}, k {best['k']}, groups {best['groups'] or '–'}, lookup drafts "
-                          f"{best['lookup'] or 'off'}, draft tree {best.get('tree_budget') or 'off (a chain)'}; predicted "
-                          f"{speedup:.2f}× autoregressive, so {verdict} than plain decoding on this device."]
+    best = report.get("defaults")
+    if best:
+        predicted = "predicted_speedup_vs_autoregressive" in best
+        speedup = best["predicted_speedup_vs_autoregressive" if predicted else "speedup_vs_generate"]
+        verdict = "faster" if speedup > 1 else "not faster"
+        parts += ["", f"Chosen defaults, the fastest MTP setting {'predicted' if predicted else 'decoded'} (written "
+                      f"to `{DEFAULTS_FILE}`): method {best['method']}, k {best['k']}, groups {best['groups'] or '–'}, "
+                      f"lookup drafts {best['lookup'] or 'off'}, draft tree {best.get('tree_budget') or 'off (a chain)'}"
+                      f"{', cost-aware' if best['cost_aware'] else ''}; {'predicted ' if predicted else ''}"
+                      f"{speedup:.2f}× {'autoregressive' if predicted else '`generate`'}, so {verdict} than plain "
+                      "decoding on this device."]
     return "\n".join(parts) + "\n"
 
 
@@ -257,7 +260,7 @@ def report_json(report: dict) -> str:
 
 
 def write_outputs(report: dict, out_dir: str | Path) -> list[Path]:
-    """bench.json, results.md, one HTML (+PNG with kaleido) per figure, defaults.json with a cost curve."""
+    """bench.json, results.md, one HTML (+PNG with kaleido) per figure, defaults.json when defaults were chosen."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / RESULTS_FILE, out_dir / "results.md"]

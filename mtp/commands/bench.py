@@ -55,8 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also time forward passes vs input length and predict the fastest setting for this "
                              "device from them and the τ table (implies --tau-table)")
     parser.add_argument("--save-defaults", action="store_true",
-                        help="with --cost-curve: store the fastest MTP setting as this device's default in the "
-                             "checkpoint's decoding_defaults.json (what `mtp generate` then uses)")
+                        help="store the fastest MTP setting as this device's default in the checkpoint's "
+                             "decoding_defaults.json (what `mtp generate` then uses): predicted with --cost-curve, "
+                             "else the fastest decoded linear/quadratic run")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from OUT/partial.jsonl (same options) instead of starting afresh")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
@@ -124,8 +125,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} applies to the linear and quadratic methods, and --methods has neither")
     if args.groups is not None and "quadratic" not in methods:
         raise UsageError("--groups applies to the quadratic method, which is not in --methods")
-    if args.save_defaults and not args.cost_curve:
-        raise UsageError("--save-defaults needs --cost-curve: the defaults are predicted from the measured cost curve")
+    if args.save_defaults and not args.cost_curve and not {"linear", "quadratic"} & set(methods):
+        raise UsageError("--save-defaults needs --cost-curve (defaults predicted from the cost curve) or decoded "
+                         "linear/quadratic runs in --methods (the fastest becomes the defaults)")
     missing = [p for p in args.prompts if not Path(p).is_file()]
     if missing:
         raise UsageError(f"prompt file(s) not found: {', '.join(missing)}")
@@ -177,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         report = bench.benchmark(model, tokenizer, records, settings, model_name=args.model or EMBEDDED_NAME,
                                  checkpoint=None if checkpoint is None else str(checkpoint),
                                  command=_command_line(args), with_cost_curve=args.cost_curve,
-                                 partial=partial, resume=args.resume)
+                                 partial=partial, resume=args.resume, decoded_defaults=args.save_defaults)
     except bench.PartialMismatch as error:
         raise UsageError(str(error)) from None
     for path in bench.write_outputs(report, args.out):
@@ -191,10 +193,13 @@ def run(args: argparse.Namespace) -> int:
     if args.save_defaults:
         best = report.get("defaults")
         if best is None:
-            log.error("no MTP setting could be priced (no step verified k drafts): no defaults saved")
+            log.error("no MTP setting could be priced (no step verified k drafts) or decoded identically to "
+                      "`generate`: no defaults saved")
             return 1
         device_type = model.mask_embeddings.device.type
-        path = write_decoding_defaults(checkpoint, device_type, {name: best[name] for name in DEFAULTS_FIELDS})
-        log.info("saved the %s defaults (%s k=%d, groups %s, lookup %s) in %s", device_type, best["method"],
-                 best["k"], best["groups"], best["lookup"] or "off", path)
+        path = write_decoding_defaults(checkpoint, device_type,
+                                       {name: best[name] for name in DEFAULTS_FIELDS if name in best})
+        log.info("saved the %s defaults (%s k=%d, groups %s, lookup %s, tree %s%s) in %s", device_type, best["method"],
+                 best["k"], best["groups"], best["lookup"] or "off", best["tree_budget"] or "off",
+                 ", cost-aware" if best["cost_aware"] else "", path)
     return 1 if bad else 0  # results are written either way; a mismatch is a failed identity assertion

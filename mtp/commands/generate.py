@@ -41,9 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tree-budget", type=int, default=None, metavar="N",
                         help="linear/quadratic: verify a tree of up to N of the masks' candidates per pass instead "
                              "of one chain; 0 = a chain (default: the measured best, else 0)")
-    parser.add_argument("--cost-aware", action="store_true",
+    parser.add_argument("--cost-aware", action=argparse.BooleanOptionalAction, default=None,
                         help="linear/quadratic: feed mask groups only while they produce more tokens per second "
-                             "than passes without them, measured as it decodes (same output)")
+                             "than passes without them, measured as it decodes (same output; default: the "
+                             "measured best, else off)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-k", type=int, default=None)
@@ -120,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = chosen_checkpoint(args.model, args.checkpoint)
     try:
         model, tokenizer = load_mtp(args.model, checkpoint, k=args.k or 8, cpu_linear=args.cpu_linear)
-        method, k, groups, lookup, tree_budget, source = decoding_settings(
-            model, checkpoint, args.method, args.k, args.groups, args.lookup, args.tree_budget)
+        method, k, groups, lookup, tree_budget, cost_aware, source = decoding_settings(
+            model, checkpoint, args.method, args.k, args.groups, args.lookup, args.tree_budget, args.cost_aware)
     except (CheckpointError, ModelSourceError) as error:
         raise UsageError(str(error)) from None
     if checkpoint is None:
@@ -147,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         trace = generate(model, ids, method=method, k=k, max_new_tokens=max_new,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                          eos_token_ids=eos_ids, tokenizer=tokenizer, groups=groups, on_chunk=streamer,
-                         lookup=lookup, tree_budget=tree_budget, cost_aware=args.cost_aware)
+                         lookup=lookup, tree_budget=tree_budget, cost_aware=cost_aware)
         metrics = trace.metrics()
         if args.json:
             record = {**passthrough, "text": trace.text, "token_ids": trace.token_ids, **metrics,
@@ -156,13 +157,13 @@ def run(args: argparse.Namespace) -> int:
                 record["groups"] = groups or k + 1
             if method != "autoregressive":
                 record["lookup"], record["tree_budget"] = lookup, tree_budget
-                record["cost_aware"] = args.cost_aware
+                record["cost_aware"] = cost_aware
             print(json.dumps(record), flush=True)
         else:
             streamer.finish(trace.text)
             print(f"{method} k={trace.k}{'' if groups is None else f' groups={groups}'}"
                   f"{f' lookup={lookup}' if lookup else ''}{f' tree={tree_budget}' if tree_budget else ''}"
-                  f"{' cost-aware' if args.cost_aware and method != 'autoregressive' else ''}: "
+                  f"{' cost-aware' if cost_aware and method != 'autoregressive' else ''}: "
                   f"{trace.new_tokens} tokens "
                   f"in {trace.forward_passes} passes (τ {trace.tokens_per_step:.2f}, draft acceptance "
                   f"{trace.draft_acceptance_rate:.2f}), {trace.seconds:.2f} s, {trace.tokens_per_second:.1f} tokens/s, "

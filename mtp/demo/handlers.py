@@ -68,7 +68,8 @@ class Demo:
 
     def settings(self, model: MTPModel, checkpoint: str, method: str | None = None,
                  k: int | None = None) -> DecodingSettings:
-        """(method, k, groups, lookup, tree_budget, source) from the same resolver as `mtp generate` (measured defaults first)."""
+        """(method, k, groups, lookup, tree_budget, cost_aware, source) from the same resolver as `mtp generate`
+        (measured defaults first)."""
         return decoding_settings(model, None if checkpoint == FRESH else checkpoint_path(checkpoint), method, k)
 
     def status(self, model_name: str, checkpoint: str) -> str:
@@ -84,6 +85,7 @@ class Demo:
             defaults = (f"decoding defaults: {chosen.method}, k = {chosen.k}"
                         + (f", {chosen.groups} mask groups" if chosen.groups else "")
                         + (f", up to {chosen.lookup} prompt-lookup drafts" if chosen.lookup else "")
+                        + (", mask groups only while they pay" if chosen.cost_aware else "")
                         + f" ({chosen.source})")
             return f"✅ Ready: {where} (k = {model.k}){trained} — {defaults}"
         if key in self.store.errors:

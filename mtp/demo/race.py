@@ -37,6 +37,7 @@ class Lane:
     groups: int | None = None  # quadratic mask groups (None: k+1, the paper's layout)
     lookup: int = 0  # prompt-lookup drafts per pass
     tree_budget: int = 0  # draft-tree nodes per pass (0: a chain)
+    cost_aware: bool = False  # mask groups only while they pay (decoding.generate's cost_aware)
 
     @property
     def settings(self) -> str:
@@ -51,13 +52,15 @@ class Lane:
         if self.tree_budget:
             parts.append(f"a draft tree of up to {self.tree_budget} nodes")
         parts.append(f"up to {self.lookup} lookup drafts" if self.lookup else "no lookup drafts")
+        if self.cost_aware:
+            parts.append("mask groups only while they pay")
         return " · ".join(parts)
 
     @property
     def decoding(self) -> tuple:
         """What decodes: lanes with equal tuples decode the same way."""
         groups = (self.groups or self.k + 1) if self.method == "quadratic" else None
-        return self.method, self.k, groups, self.lookup, self.tree_budget
+        return self.method, self.k, groups, self.lookup, self.tree_budget, self.cost_aware
 
     @property
     def label(self) -> str:
@@ -84,7 +87,7 @@ def race_lanes(k: int, measured: DecodingSettings) -> list[Lane]:
              Lane("tree", "quadratic with a draft tree", "quadratic", k, k + 1, 0, tree_lane_budget(k))]
     if measured.source not in (BUILT_IN, EXPLICIT):
         default = Lane("default", "measured default", measured.method, measured.k, measured.groups, measured.lookup,
-                       measured.tree_budget)
+                       measured.tree_budget, measured.cost_aware)
         if all(lane.decoding != default.decoding for lane in lanes):
             lanes.append(default)
     return lanes
@@ -167,9 +170,8 @@ class Race:
 
     def _decode(self, lane: Lane, max_new_tokens: int) -> Trace:
         return generate(self.model, self.prompt_ids, method=lane.method, k=lane.k, groups=lane.groups,
-                        lookup=lane.lookup, tree_budget=lane.tree_budget, max_new_tokens=max_new_tokens,
-                        eos_token_ids=self.eos,
-                        tokenizer=self.tokenizer)
+                        lookup=lane.lookup, tree_budget=lane.tree_budget, cost_aware=lane.cost_aware,
+                        max_new_tokens=max_new_tokens, eos_token_ids=self.eos, tokenizer=self.tokenizer)
 
     def _timed_lanes(self) -> dict[str, Trace]:
         """Every lane warmed up (untimed: the same warm start for each), then every lane timed."""
@@ -234,7 +236,9 @@ class Race:
         if self.cost is None:
             return None
         lanes = [self.lanes[slot] for slot in traces if slot != "autoregressive"]
-        lines = [speed.LineSpec(lane.title, lane.method, lane.groups, lane.lookup, lane.tree_budget) for lane in lanes]
+        # A cost-aware lane's passes depend on timings: no replay predicts it, so it shows its measured point only.
+        lines = [speed.LineSpec(lane.title, lane.method, lane.groups, lane.lookup, lane.tree_budget)
+                 for lane in lanes if not lane.cost_aware]
         panels = speed.predicted_lines(self.model, self.prompt_ids, traces["autoregressive"].token_ids, self.cost,
                                        lines)
         if not panels:
