@@ -75,10 +75,10 @@ def decoding_settings(model: MTPModel, checkpoint_dir: str | Path | None, method
     """(method, k, groups, lookup, tree_budget, cost_aware, source) to decode with.
 
     Given values win. The rest comes from the checkpoint's measured defaults for the model's device
-    type (`python -m mtp bench --cost-curve --save-defaults`), else quadratic with the checkpoint's
-    k and no lookup. The source says where the defaults came from: "measured on <machine>
-    (<created>)", "built-in", or "explicit" when the method's layout was fully given (lookup, trees and
-    cost-awareness then default to off).
+    type (`python -m mtp bench --save-defaults`), else quadratic with the checkpoint's k and no lookup.
+    The source says where the defaults came from: "measured on <machine> (<created>)", "built-in", or
+    "explicit" when the method's layout was fully given (lookup, trees and cost-awareness then default
+    to off).
     """
     if method is not None and k is not None and (groups is not None or method != "quadratic"):
         return DecodingSettings(method, k, groups, lookup or 0, tree_budget or 0,
