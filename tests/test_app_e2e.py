@@ -11,6 +11,8 @@ import re
 import pytest
 from playwright.sync_api import Page
 
+from mtp.api import DEFAULT_CHECKPOINT
+from mtp.config import read_decoding_defaults
 from mtp.demo.race import SLOTS
 from tests.app_helpers import demo_page, set_number, shot, table_records, table_rows, table_size, wait_text
 
@@ -119,7 +121,9 @@ def test_race_lanes_identical_with_their_settings(page: Page):
     table = table_records(page, "#race-table")
     assert [row["lane"] for row in table] == ["autoregressive", "linear", "quadratic, the paper's layout",
                                               "quadratic with a draft tree", "measured default"]
-    assert [row["tree"] for row in table] == ["–", "–", "–", str(4 * K), "–"]
+    shipped = read_decoding_defaults(DEFAULT_CHECKPOINT, "cpu")
+    assert [row["tree"] for row in table] == ["–", "–", "–", str(4 * K), str(shipped.get("tree_budget") or "–")]
+    assert ("mask groups only while they pay" in labels["default"]) == shipped.get("cost_aware", False)
     assert [row["method"] for row in table] == ["autoregressive", "linear", "quadratic", "quadratic", "quadratic"]
     assert [row["new tokens"] for row in table] == [str(MAX_NEW)] * len(SLOTS)
     assert table[0]["forward passes"] == str(MAX_NEW)  # autoregressive: one forward pass per token
