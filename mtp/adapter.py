@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
@@ -97,22 +98,37 @@ class GatedLoraLinear(LoraLinear):
 
     def _inference_updates(self) -> list[tuple[torch.Tensor, torch.Tensor, float]] | None:
         """(A^T, B^T, scale) of each active adapter, for decoding's update; None where it does not apply
-        (a bias on B, mixed dtypes). Kept between calls, checked against the active adapters and their
-        weights' storage only: looking everything up through peft's modules and properties in each of
-        210 layers cost more than the update itself (SmolLM2, a pass with 4 drafts and 4 masks: 62.4 -> 59.0
-        ms on 2 cores; docs/bench/lean_lora_eval)."""
-        cached = self.__dict__.get("_updates")
-        if cached is not None and cached[0] is self._active_adapter and cached[1] == [w.data_ptr() for w in cached[2]]:
-            return cached[3]
+        (a bias on B, mixed dtypes). Kept between calls, checked against the active adapters, their
+        weights' storage and their scales only: looking everything up through peft's modules and
+        properties in each of 210 layers cost more than the update itself (SmolLM2, a pass with 4 drafts
+        and 4 masks: 62.5 -> 59.7 ms on 2 cores; docs/bench/lean_lora_eval)."""
+        kept = self.__dict__.get("_kept_updates")
+        if (kept is not None and kept.active is self._active_adapter
+                and kept.pointers == [w.data_ptr() for w in kept.weights]
+                and kept.scales == [self.scaling[name] for name in kept.names]):
+            return kept.updates
         names = [name for name in self.active_adapters if name in self.lora_A]
         a_weights, b_layers = [self.lora_A[n].weight for n in names], [self.lora_B[n] for n in names]
+        scales = [self.scaling[n] for n in names]
         updates = None
         if all(b.bias is None and a.dtype == b.weight.dtype == self.base_layer.weight.dtype
                for a, b in zip(a_weights, b_layers)):
-            updates = [(a.t(), b.weight.t(), self.scaling[n]) for n, a, b in zip(names, a_weights, b_layers)]
+            updates = [(a.t(), b.weight.t(), scale) for a, b, scale in zip(a_weights, b_layers, scales)]
         weights = a_weights + [b.weight for b in b_layers]
-        self.__dict__["_updates"] = (self._active_adapter, [w.data_ptr() for w in weights], weights, updates)
+        self.__dict__["_kept_updates"] = _KeptUpdates(self._active_adapter, names, weights,
+                                                      [w.data_ptr() for w in weights], scales, updates)
         return updates
+
+
+class _KeptUpdates(NamedTuple):
+    """GatedLoraLinear's decoding update and what it was built from."""
+
+    active: str | list[str]  # peft's active adapter(s) then
+    names: list[str]
+    weights: list[torch.Tensor]  # the A and B weights
+    pointers: list[int]  # their storage then
+    scales: list[float]
+    updates: list[tuple[torch.Tensor, torch.Tensor, float]] | None
 
 
 class Sampler(nn.Module):

@@ -111,7 +111,8 @@ def test_inference_lora_update_matches_the_module_path(tiny_family):
 
 
 def test_inference_lora_update_follows_the_weights():
-    """Decoding's kept (A^T, B^T) see in-place training steps, swapped storage and a disabled adapter."""
+    """Decoding's kept (A^T, B^T, scale) see in-place training steps, swapped storage, a new scale and a
+    disabled adapter."""
     model = make("llama").eval()
     ids = list(range(3, 15))
     layout = step_layout(ids, 0, 4, [len(ids) - 1])
@@ -136,6 +137,10 @@ def test_inference_lora_update_follows_the_weights():
         weight.data = weight.data * 0.5
     fused, modules = both()
     assert torch.allclose(fused, modules, atol=1e-6)
+    for layer in layers:
+        layer.scaling[adapter.ADAPTER_NAME] *= 3.0  # as peft's set_scale does
+    rescaled, modules = both()
+    assert (rescaled - modules).abs().max() < 1e-4 and not torch.allclose(rescaled, fused, atol=1e-3)
     for layer in layers:
         layer.enable_adapters(False)
     with torch.no_grad():
