@@ -80,14 +80,13 @@ def decoding_settings(model: MTPModel, checkpoint_dir: str | Path | None, method
     "explicit" when the method's layout was fully given (lookup, trees and cost-awareness then default
     to off).
     """
+    unmeasured = (lookup or 0, tree_budget or 0, False if cost_aware is None else cost_aware)  # all off unless given
     if method is not None and k is not None and (groups is not None or method != "quadratic"):
-        return DecodingSettings(method, k, groups, lookup or 0, tree_budget or 0,
-                                False if cost_aware is None else cost_aware, EXPLICIT)
+        return DecodingSettings(method, k, groups, *unmeasured, EXPLICIT)
     entry = _measured_defaults(model, checkpoint_dir)
     if entry is None or method not in (None, entry["method"]):
         # No measurement, or another method than the measured one: its k and groups do not carry over.
-        return DecodingSettings(method or "quadratic", k or model.k, groups, lookup or 0, tree_budget or 0,
-                                False if cost_aware is None else cost_aware, BUILT_IN)
+        return DecodingSettings(method or "quadratic", k or model.k, groups, *unmeasured, BUILT_IN)
     used = method is None or k is None
     k = k or entry["k"]
     if groups is None and entry["groups"] is not None and entry["groups"] <= k + 1:
