@@ -141,11 +141,23 @@ def table_rows(page: Page, selector: str) -> list[list[str]]:
     return [[c.strip() for c in rows.nth(i).locator("[role=gridcell]").all_inner_texts()] for i in range(rows.count())]
 
 
-def table_records(page: Page, selector: str) -> list[dict[str, str]]:
-    """Rows of a gr.Dataframe as {column header: cell}, so tests do not depend on the column order."""
+def table_records(page: Page, selector: str, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a gr.Dataframe as {column header: cell}, so tests do not depend on the column order.
+
+    Read once the header names all `columns` and every rendered row has a cell per header, in one evaluation:
+    Svelte swaps a new frame's header and rows in separately (a CI run read the new rows under a half-new
+    header), so a verdict shown is no promise that the table beside it is whole.
+    """
     page.locator(selector).scroll_into_view_if_needed()
-    headers = [h.strip() for h in page.locator(f"{selector} [role=columnheader]").all_inner_texts()]
-    return [dict(zip(headers, row)) for row in table_rows(page, selector)]
+    read = """([s, wanted]) => {
+        const headers = [...document.querySelectorAll(`${s} [role=columnheader]`)].map(h => h.innerText.trim());
+        const rows = [...document.querySelectorAll(`${s} [role=row].virtual-row`)]
+            .map(r => [...r.querySelectorAll('[role=gridcell]')].map(c => c.innerText.trim()));
+        const whole = wanted.every(c => headers.includes(c)) && rows.length > 0
+            && rows.every(r => r.length === headers.length);
+        return whole ? rows.map(r => Object.fromEntries(headers.map((h, i) => [h, r[i]]))) : null;
+    }"""
+    return page.wait_for_function(read, arg=[selector, list(columns)]).json_value()
 
 
 def table_size(page: Page, selector: str) -> int:

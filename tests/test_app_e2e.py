@@ -118,7 +118,7 @@ def test_race_lanes_identical_with_their_settings(page: Page):
     assert f"a draft tree of up to {4 * K} nodes" in labels["tree"] and f"{K + 1} mask groups" in labels["tree"]
     # The final frame's figure may still be drawing when the verdict shows (plotly renders asynchronously).
     page.wait_for_function(f"document.querySelectorAll('#race-plot .scatterlayer .trace').length == {len(SLOTS)}")
-    table = table_records(page, "#race-table")
+    table = table_records(page, "#race-table", ("lane", "tree", "method", "new tokens", "forward passes"))
     assert [row["lane"] for row in table] == ["autoregressive", "linear", "quadratic, the paper's layout",
                                               "quadratic with a draft tree", "measured default"]
     shipped = read_decoding_defaults(DEFAULT_CHECKPOINT, "cpu")

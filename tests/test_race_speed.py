@@ -51,7 +51,8 @@ def shown_lanes(page: Page) -> dict[str, dict]:
     """Per lane of the race shown now: its settings, new tokens, tokens/s and text."""
     texts = {slot: page.input_value(f"#race-text-{slot} textarea") for slot in SLOTS}
     lanes = {}
-    for slot, row in zip(SLOTS, table_records(page, "#race-table")):
+    columns = ("lane", "method", "k", "groups", "lookup", "tree", "new tokens", "tokens/s")
+    for slot, row in zip(SLOTS, table_records(page, "#race-table", columns)):
         lanes[slot] = {"lane": row["lane"], "method": row["method"], "k": int(row["k"]),
                        "groups": None if row["groups"] == "–" else int(row["groups"]), "lookup": int(row["lookup"]),
                        "tree_budget": 0 if row["tree"] == "–" else int(row["tree"]),
