@@ -37,6 +37,12 @@ def tree_key(k: int, budget: int) -> str:
     return f"tree k={k} B={budget}"
 
 
+def graft_key(k: int, budget: int, lookup: int) -> str:
+    """draft_matches' key for those trees with up to `lookup` prompt-lookup drafts grafted on where
+    lookup proposes (drafting.PromptLookup with graft)."""
+    return f"{tree_key(k, budget)} + lookup {lookup}"
+
+
 def leftover_key(drafter: str) -> str:
     """draft_matches' key for what `drafter` drafts from a group's leftover masks (drafting.LeftoverMasks)."""
     return f"{drafter} leftover"
@@ -71,13 +77,14 @@ def _leftover_matches(correct: torch.Tensor) -> list[list[int]]:
 
 @torch.inference_mode()
 def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: int = 64,
-                  trees: Sequence[tuple[int, int]] = ()) -> dict[str, list]:
+                  trees: Sequence[tuple[int, int]] = (), lookup: int = 0) -> dict[str, list]:
     """Match lengths of the k-draft chains after each index a = prompt_len-1 .. len(ids)-2.
 
     Returns {"sampler": [...], "lm_head": [...]} (lm_head: argmax at each mask, the no-sampler
     ablation; sampler: the greedy chain, picked as the MaskChain drafter picks it), and for each
-    (k, budget) in `trees` a TreeMatch per index under tree_key(k, budget). Entry i belongs to
-    anchor prompt_len-1+i; drafts past the sequence's end count as not matching.
+    (k, budget) in `trees` a TreeMatch per index under tree_key(k, budget) and, if lookup > 0, under
+    graft_key(k, budget, lookup) those trees with the prompt-lookup drafts of their pass grafted on.
+    Entry i belongs to anchor prompt_len-1+i; drafts past the sequence's end count as not matching.
     """
     if not 1 <= prompt_len < len(ids):
         raise ValueError("draft_matches needs a prompt and at least one generated token")
@@ -88,7 +95,7 @@ def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: i
     model(sequence[None], torch.arange(length, device=device)[None], use_cache=True, past_key_values=cache,
           gate=False)
     anchors = list(range(prompt_len - 1, length - 1))
-    drafters = [*DRAFTERS, *(tree_key(k, b) for k, b in trees)]
+    drafters = [*DRAFTERS, *(tree_key(k, b) for k, b in trees), *(graft_key(k, b, lookup) for k, b in trees if lookup)]
     matches: dict[str, list] = {name: [] for name in [*drafters, *map(leftover_key, drafters)]}
     for start in range(0, len(anchors), chunk):
         part = anchors[start:start + chunk]
@@ -119,6 +126,14 @@ def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: i
                 shifted = [tree_match(draft, ids[anchor + 2 + s:anchor + 2 + tree_k]) for s, draft in zip(shifts, drafts)]
                 matches[tree_key(tree_k, budget)].append(shifted[0])
                 matches[leftover_key(tree_key(tree_k, budget))].append(shifted[1:])
+                if lookup:  # the pass after x_{a+1+s} looks up in ids[:a+2+s]
+                    grafted = []
+                    for s, draft in zip(shifts, drafts):
+                        found = lookup_drafts(ids[:anchor + 2 + s], lookup)
+                        grafted.append(tree_match(draft.grafted(found), ids[anchor + 2 + s:]) if found
+                                       else shifted[s])
+                    matches[graft_key(tree_k, budget, lookup)].append(grafted[0])
+                    matches[leftover_key(graft_key(tree_k, budget, lookup))].append(grafted[1:])
     return matches
 
 
@@ -127,6 +142,7 @@ class Pass(NamedTuple):
 
     accepted: int | None  # drafts accepted; None: the pass verified no drafts
     lookup_drafts: int = 0  # prompt-lookup drafts it verified (0: the masks' drafts, or none)
+    grafted: bool = False  # they were grafted onto the masks' tree, verified with it
 
 
 def lookup_matches(prompt_ids: Sequence[int], output: Sequence[int], max_drafts: int,
@@ -154,7 +170,7 @@ def _masks_match(match: int | TreeMatch, drafts: int) -> tuple[int, PathEnd]:
 
 def replay(matches: Sequence[int | TreeMatch], method: str, k: int, new_tokens: int,
            groups: int | None = None, lookup: Sequence[tuple[int, int]] | None = None,
-           leftover: Sequence[Sequence[int | TreeMatch]] | None = None) -> list[Pass]:
+           leftover: Sequence[Sequence[int | TreeMatch]] | None = None, grafted: bool = False) -> list[Pass]:
     """The forward passes of greedy `method` decoding that yields `new_tokens` tokens.
 
     matches[i]: what the masks' draft after index prompt_len-1+i accepts: a chain's match length
@@ -164,7 +180,9 @@ def replay(matches: Sequence[int | TreeMatch], method: str, k: int, new_tokens: 
     output, for decoding with prompt-lookup drafts. leftover: draft_matches' leftover entries of the
     same drafter (leftover_key): quadratic decoding drafts from the newest group's leftover masks
     where no group survived (drafting.LeftoverMasks); without them (results measured before leftover
-    masks existed) this replays a draftless pass there.
+    masks existed) this replays a draftless pass there. grafted: matches and leftover are a tree's
+    graft_key entries, so where lookup proposes and the masks have a draft, the pass verifies both
+    (drafting.PromptLookup with graft); elsewhere lookup drafts replace the masks' ones.
     """
     if method not in DRAFTING_METHODS:
         raise ValueError(f"replay covers linear and quadratic decoding, not {method!r}")
@@ -174,18 +192,21 @@ def replay(matches: Sequence[int | TreeMatch], method: str, k: int, new_tokens: 
     while produced < new_tokens:
         shift = produced - 1 - newest  # tokens verified since the newest group's bonus
         proposed, looked_up = lookup[produced - 1] if lookup else (0, 0)
-        if proposed:  # lookup drafts (a chain) replace the masks' ones
-            accepted, end = looked_up, PathEnd.of_chain(looked_up, proposed)
-        elif shift == 0:  # the group after the token before x_produced survived
-            accepted, end = _masks_match(matches[produced - 1], k)
+        masks = None  # the masks' draft of this pass, (its match, at most how many drafts), if it has one
+        if shift == 0:  # the group after the token before x_produced survived
+            masks = matches[produced - 1], k
         elif verification.drafts_from_leftover_masks and leftover is not None and shift <= min(len(leftover[newest]), k - 1):
-            accepted, end = _masks_match(leftover[newest][shift - 1], k - shift)
+            masks = leftover[newest][shift - 1], k - shift
+        if proposed and not (grafted and masks):  # lookup drafts (a chain) replace the masks' ones
+            accepted, end = looked_up, PathEnd.of_chain(looked_up, proposed)
+        elif masks:
+            accepted, end = _masks_match(*masks)
         else:
             passes.append(Pass(None))
             produced += 1
             newest = produced - 1  # a draftless pass puts a group after its one token
             continue
-        passes.append(Pass(accepted, proposed))
+        passes.append(Pass(accepted, proposed, bool(proposed and grafted and masks)))
         produced += accepted + 1
         if verification.keeps_group(end):
             newest = produced - 1

@@ -162,12 +162,12 @@ class StopCriteria:
 
 def default_drafter(model: MTPModel, *, method: str, use_sampler: bool = True, lookup: int = 0,
                     tree_budget: int = 0) -> Drafter | None:
-    """The drafter a method uses: none (autoregressive), the masks' chain or tree, prompt lookup first,
-    and for quadratic the newest group's leftover masks where no group survived (mtp.methods)."""
+    """The drafter a method uses: none (autoregressive), the masks' chain or tree, prompt lookup first
+    (replacing a chain, grafted onto a tree), and for quadratic the newest group's leftover masks where no group survived (mtp.methods)."""
     if method == "autoregressive":
         return None
     masks = MaskTree(model, tree_budget, use_sampler=use_sampler) if tree_budget else MaskChain(model, use_sampler)
-    drafter = PromptLookup(lookup, masks) if lookup else masks
+    drafter = PromptLookup(lookup, masks, graft=bool(tree_budget)) if lookup else masks
     return LeftoverMasks(drafter) if policy(method).drafts_from_leftover_masks else drafter
 
 
@@ -200,7 +200,8 @@ def generate(
     k: masks used (1..model.k, default model.k); ignored by autoregressive (trace k = 0).
     groups: quadratic only, mask groups after the first `groups` nodes of each draft's group order
     (a chain: t_0, d_1 .. d_k; default k+1). lookup: up to this many prompt-lookup drafts replace
-    the masks' drafts whenever the context's last n-gram occurred before (0: masks only).
+    the masks' chain (join the masks' tree as one more branch) whenever the context's last n-gram
+    occurred before (0: masks only).
     tree_budget: draft a tree of at most this many nodes from the masks (0: a chain of k).
     drafter: propose drafts your own way (tests do) instead of the one these options pick.
     Stops at an EOS (kept), at a stop string (text cut right after it, tokens up to the one that

@@ -71,6 +71,27 @@ class Draft:
             path.append(node)
         return path
 
+    def grafted(self, tokens: Sequence[int]) -> "Draft":
+        """This tree with the chain `tokens` added from t_0, sharing the nodes it already has (a trie:
+        siblings stay distinct tokens, as tree verification needs). Its new nodes score 0: the drafter
+        did not propose them, so they never come before its own nodes for mask groups. Scored,
+        deterministic trees only (probs None): under sampling, siblings are verified by recursive rejection."""
+        if self.probs is not None or self.scores is None:
+            raise ValueError("drafts graft only onto a deterministic, scored draft tree")
+        grown = Draft(list(self.tokens), list(self.parents), None, list(self.scores), True)
+        children, node = self.children(), -1
+        for token in tokens:
+            node_children = children.setdefault(node, [])
+            child = next((c for c in node_children if grown.tokens[c] == token), None)
+            if child is None:
+                child = len(grown.tokens)
+                grown.tokens.append(token)
+                grown.parents.append(node)
+                grown.scores.append(0.0)
+                node_children.append(child)
+            node = child
+        return grown
+
     def main_leaf(self) -> int:
         """The last node of the most probable path (a chain: its last token; -1 when empty)."""
         if self.is_chain:
@@ -288,11 +309,22 @@ def lookup_drafts(context: Sequence[int], max_drafts: int, ngrams: Sequence[int]
 
 
 class PromptLookup:
-    """Prompt lookup (Saxena 2023) where the context's last n-gram occurred before, else `fallback`."""
+    """Prompt lookup (Saxena 2023) where the context's last n-gram occurred before, else `fallback`.
 
-    def __init__(self, max_drafts: int, fallback: Drafter) -> None:
-        self.max_drafts, self.fallback = max_drafts, fallback
+    graft: where both propose, the lookup chain joins the fallback's draft tree as one more branch
+    instead of replacing it (a chain holds one guess, a tree several): the pass accepts whichever
+    is right for longer. On held-out prompts with the CPU default this made tokens/s 1.033x math,
+    1.010x code, 1.012x chat (docs/bench/lookup_graft)."""
+
+    def __init__(self, max_drafts: int, fallback: Drafter, graft: bool = False) -> None:
+        self.max_drafts, self.fallback, self.graft = max_drafts, fallback, graft
 
     def propose(self, context: list[int], group: MaskGroup | None, sampling: Sampling) -> Draft:
         found = lookup_drafts(context, self.max_drafts)
-        return Draft.chain(found, looked_up=True) if found else self.fallback.propose(context, group, sampling)
+        if not found:
+            return self.fallback.propose(context, group, sampling)
+        if self.graft and group is not None:
+            masks = self.fallback.propose(context, group, sampling)
+            if masks.tokens:
+                return masks.grafted(found)
+        return Draft.chain(found, looked_up=True)

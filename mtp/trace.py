@@ -21,7 +21,7 @@ class Step:
     seconds: float  # wall time of the pass, verification and drafting included
     input_length: int  # tokens fed to the pass: real + draft + mask
     new_tokens: int = 0  # tokens this step added to the output (accepted + bonus, less any cut by a stop)
-    looked_up: bool = False  # the drafts came from prompt lookup, not from the masks
+    looked_up: bool = False  # the drafts came from prompt lookup (a tree: grafted onto the masks' tree)
     # A draft tree (empty for a chain): each draft's parent (-1: the step's first token) and the
     # accepted path (draft indices, root first).
     parents: list[int] = field(default_factory=list)

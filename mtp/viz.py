@@ -131,14 +131,21 @@ def _style(kind: str) -> str:
     return style
 
 
+def draft_source(step: Step) -> str:
+    """Where a step's drafts came from: the masks, prompt lookup, or both (lookup grafted onto a tree)."""
+    if step.looked_up:
+        return "masks + prompt lookup" if step.parents else "prompt lookup"
+    return "masks" if step.drafts else "–"
+
+
 def accept_reject_html(trace: Trace, tokenizer=None, upto_step: int | None = None) -> str:
     """The output with every step's drafts, coloured by fate, replayed up to step `upto_step` (1-based)."""
     decode = token_decoder(tokenizer)
     shown = trace.steps if upto_step is None else trace.steps[:max(0, upto_step)]
     spans = []
     for number, step in enumerate(shown, start=1):
-        # Drafts from prompt lookup (not the masks): the step is underlined, its tooltip says so.
-        source, underline = ((" from prompt lookup", "border-bottom:2px dashed #8e44ad;") if step.looked_up
+        # Drafts from prompt lookup (alone, or grafted onto the masks' tree): underlined, the tooltip says so.
+        source, underline = ((f" from {draft_source(step)}", "border-bottom:2px dashed #8e44ad;") if step.looked_up
                              else ("", ""))
         spans.append(f'<span class="mtp-step{" mtp-lookup" if step.looked_up else ""}" data-step="{number}" '
                      f'title="step {number}: {step.accepted}/{len(step.drafts)} drafts{source} accepted" '
@@ -170,7 +177,7 @@ def steps_table(trace: Trace, tokenizer=None) -> pd.DataFrame:
 
     return pd.DataFrame({
         "step": list(range(1, len(trace.steps) + 1)),
-        "drafts from": ["prompt lookup" if s.looked_up else "masks" if s.drafts else "–" for s in trace.steps],
+        "drafts from": [draft_source(s) for s in trace.steps],
         "drafts": [join(s.drafts) for s in trace.steps],
         "accepted": [s.accepted for s in trace.steps],
         "of": [len(s.drafts) for s in trace.steps],

@@ -195,14 +195,18 @@ def test_predict_prices_lookup_passes():
     assert linear["predicted_tokens_per_second"] == pytest.approx(5 / (0.15 + 0.14 + 0.01 / 7 + 0.01))
 
 
-def test_predict_prices_lookup_passes_of_trees_with_more_groups_than_a_chain_has():
-    """k=2 trees with 4 groups (TREE_GROUPS): a 3-draft lookup chain then carries 4 groups, one more
-    than any chain shape the curve timed (k+1 = 3): priced as g=3 plus the backbone's extra tokens."""
+def test_predict_prices_lookup_passes_of_trees_grafted_or_with_more_groups_than_a_chain_has():
+    """k=2 trees with 4 groups (TREE_GROUPS). Where the masks have a tree, lookup drafts are grafted onto
+    it: priced as the tree's pass plus the backbone's extra tokens. Where they have none, a 3-draft
+    lookup chain carries 4 groups, one more than any chain shape the curve timed (k+1 = 3): priced
+    as g=3 plus the backbone's extra tokens."""
     settings = bench.Settings(methods=(), k_list=(2,), tau_table_k=2, tau_trees=(3,))
-    tree = acceptance.tree_key(2, 3)
-    results = [{"baseline": {"new_tokens": 6},
-                "draft_matches": {"sampler": [0] * 6, "lm_head": [0] * 6, tree: [[0, [0, True]]] * 6},
-                "lookup_matches": [(0, 0), (3, 3), (0, 0), (0, 0), (0, 0)]}]
+    tree, grafted = acceptance.tree_key(2, 3), acceptance.graft_key(2, 3, settings.prompt_lookup_tokens)
+    at_root = [0, [0, True]]  # the tree accepts nothing; its path ends at t_0, which has a group
+    results = [{"baseline": {"new_tokens": 9},
+                "draft_matches": {"sampler": [0] * 9, "lm_head": [0] * 9, tree: [at_root] * 9,
+                                  grafted: [at_root, [3, [5, False]]] + [at_root] * 7},
+                "lookup_matches": [(0, 0), (3, 3), (0, 0), (0, 0), (0, 0), (3, 3), (0, 0), (0, 0)]}]
     shape = lambda seconds, length: {"seconds": seconds, "input_length": length}  # noqa: E731
     steps = {"autoregressive": shape(0.1, 1), "draftless": shape(0.12, 3), "linear": shape(0.14, 5),
              "quadratic g=1": shape(0.15, 5), "quadratic g=2": shape(0.18, 7), "quadratic g=3": shape(0.2, 9)}
@@ -211,9 +215,14 @@ def test_predict_prices_lookup_passes_of_trees_with_more_groups_than_a_chain_has
              "backbone_seconds": {1: 0.05, 8: 0.06, 16: 0.08}}
     ranked = {(c["groups"], c["lookup"], c["tree_budget"]): c for c in bench.predict(results, curve, settings)
               if c["method"] == "quadratic"}
-    # the tree's pass (accepts 0 at t_0, which has a group), then 3 lookup drafts + 4 groups: 12 tokens
+    # The tree's pass; the tree with 3 lookup drafts grafted on, accepting them along the lookup branch
+    # (ending at a node with no group: 12 tokens -> 15); then no masks, so a lookup chain: 3 drafts +
+    # 4 groups, 12 tokens, priced from g=3's 9.
+    grafted_pass = 0.3 + (0.0775 - 0.07)
     lookup_pass = 0.2 + (0.07 - 0.0625)
-    assert ranked[(4, 10, 3)]["predicted_tokens_per_second"] == pytest.approx(5 / (0.3 + 0.02 + lookup_pass + 0.02))
+    with_lookup = ranked[(4, 10, 3)]
+    assert with_lookup["tokens_per_step"] == pytest.approx(8 / 3)
+    assert with_lookup["predicted_tokens_per_second"] == pytest.approx(8 / (0.3 + grafted_pass + lookup_pass + 3 * 0.02))
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -339,6 +339,19 @@ def test_speculative_sampling_with_draft_trees_matches_plain_distribution(sampli
     assert all(statistic < critical for statistic, critical in stats), stats
 
 
+def test_speculative_sampling_with_lookup_grafted_onto_trees_matches_plain_distribution(sampling_model) -> None:
+    """Lookup drafts grafted onto the masks' tree are one more deterministic branch: still exact."""
+    model, _ = sampling_model
+    prompt = [t for token in range(VOCAB) for t in (5, token)] + [5]  # as in the lookup test above
+    traces = [generate(model, prompt, k=3, max_new_tokens=3, temperature=TEMPERATURE, seed=seed,
+                       tree_budget=TREE_BUDGET, lookup=4) for seed in range(20)]
+    # The pass after the first token verifies the tree and the lookup chain: more nodes than the tree.
+    assert all(trace.steps[1].looked_up and len(trace.steps[1].drafts) > TREE_BUDGET for trace in traces)
+    marginals = first_marginals(model, prompt, VOCAB, TEMPERATURE)
+    stats = _statistics(_sample_counts(model, prompt, "quadratic", tree_budget=TREE_BUDGET, lookup=4), marginals)
+    assert all(statistic < critical for statistic, critical in stats), stats
+
+
 def test_broken_sibling_rule_is_detected(sampling_model, monkeypatch) -> None:
     """Trying each sibling against the full target instead of the residual left by the rejected
     ones over-produces the later siblings: the same test must fail."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 from decoding_helpers import greedy_reference, random_prompt, tiny_mtp
 
-from mtp.acceptance import draft_matches, leftover_key, replay, tree_key, tree_match
+from mtp.acceptance import draft_matches, graft_key, leftover_key, lookup_matches, replay, tree_key, tree_match
 from mtp.decoding import generate
 from mtp.drafting import Draft, MaskChain, MaskGroup, mask_tree
 from mtp.layouts import ancestor_matrix, chain_parents, step_layout, tree_positions
@@ -101,20 +101,21 @@ def test_mask_tree_is_a_budgeted_tree_and_width_one_is_the_chain():
 def test_greedy_identity_with_trees(family: str) -> None:
     model = tiny_mtp(family, seed=7, lora_std=1.0)
     small = tiny_mtp(family, seed=3, k=6, vocab=6, lora_std=0.5)  # drafts accepted often
-    accepted = 0
+    accepted = grafted = 0  # grafted: passes verifying lookup drafts grafted onto the masks' tree
     for mtp_model, vocab, new in ((model, 128, 24), (small, 6, 40)):
         for seed in range(2):
             prompt = random_prompt(seed, 4 + 5 * seed, vocab)
             reference = greedy_reference(mtp_model, prompt, new)
             for method, groups in (("linear", None), ("quadratic", None), ("quadratic", 1), ("quadratic", 3)):
-                for k, budget in ((2, 3), (4, 16), (6, 64)):
+                for k, budget, lookup in ((2, 3, 0), (4, 16, 0), (6, 64, 0), (4, 8, 5)):
                     trace = generate(mtp_model, prompt, method=method, k=k, groups=groups, max_new_tokens=new,
-                                     tree_budget=budget)
-                    assert trace.token_ids == reference, (family, seed, method, groups, k, budget)
+                                     tree_budget=budget, lookup=lookup)
+                    assert trace.token_ids == reference, (family, seed, method, groups, k, budget, lookup)
                     assert trace.tree_budget == budget and sum(s.new_tokens for s in trace.steps) == new
-                    assert all(len(s.drafts) <= budget for s in trace.steps)
+                    assert all(len(s.drafts) <= budget + lookup for s in trace.steps)
                     accepted += trace.accepted_drafts
-    assert accepted > 100
+                    grafted += sum(s.looked_up and len(s.drafts) > lookup for s in trace.steps)
+    assert accepted > 100 and grafted > 10
 
 
 def test_tree_steps_round_trip_and_metrics():
@@ -152,3 +153,44 @@ def test_tree_replay_equals_decoding() -> None:
                 checked += 1
                 accepted += sum(trace.accept_counts)
     assert checked == 36 and accepted > 100
+
+
+def test_lookup_grafted_tree_replay_equals_decoding() -> None:
+    """Trees with prompt-lookup drafts grafted on (graft_key entries) replay decoding's exact passes."""
+    model = tiny_mtp("llama", seed=3, k=6, vocab=6, lora_std=0.5)
+    configs, lookup = [(3, 4), (6, 16)], 5
+    checked = grafted = 0
+    for seed in range(3):
+        prompt = random_prompt(seed, 7, 6)
+        reference = greedy_reference(model, prompt, 40)
+        matches = draft_matches(model, prompt + reference, len(prompt), chunk=5, trees=configs, lookup=lookup)
+        looked_up = lookup_matches(prompt, reference, lookup)
+        for k, budget in configs:
+            key = graft_key(k, budget, lookup)
+            for method, groups in (("linear", None), ("quadratic", None), ("quadratic", 1), ("quadratic", 2)):
+                trace = generate(model, prompt, method=method, k=k, groups=groups, max_new_tokens=40,
+                                 tree_budget=budget, lookup=lookup)
+                assert trace.token_ids == reference
+                passes = replay(matches[key], method, k, len(reference), groups, looked_up,
+                                matches[leftover_key(key)], grafted=True)
+                assert len(passes) == trace.forward_passes, (seed, method, k, budget, groups)
+                assert [p.accepted or 0 for p in passes[:-1]] == trace.accept_counts[:-1]
+                assert [p.lookup_drafts > 0 for p in passes] == [step.looked_up for step in trace.steps]
+                grafted += sum(p.grafted for p in passes)
+                checked += 1
+    assert checked == 24 and grafted > 20
+
+
+def test_grafted_draft_is_a_trie_over_the_tree_and_the_chain() -> None:
+    #        t_0 -> 7 (0.6) -> 8 (0.3)
+    #            -> 9 (0.2)
+    tree = Draft([7, 9, 8], [-1, -1, 0], None, [0.6, 0.2, 0.3])
+    grown = tree.grafted([7, 8, 4, 5])  # shares 7 -> 8, then two new nodes under 8
+    assert grown.tokens == [7, 9, 8, 4, 5] and grown.parents == [-1, -1, 0, 2, 3]
+    assert grown.scores == [0.6, 0.2, 0.3, 0.0, 0.0] and grown.looked_up
+    assert grown.follow([7, 8, 4, 5, 1]) == [0, 2, 3, 4] and grown.follow([9, 3]) == [1]
+    assert grown.group_order()[:4] == tree.group_order()  # the drafter's own nodes come first
+    assert tree.grafted([5]).parents == [-1, -1, 0, -1] and tree.tokens == [7, 9, 8]  # the tree is not changed
+    for sampled_or_unscored in (Draft.chain([1, 2], torch.tensor([[0.5, 0.5], [0.5, 0.5]])), Draft.chain([1, 2])):
+        with pytest.raises(ValueError, match="deterministic, scored draft tree"):
+            sampled_or_unscored.grafted([1])

@@ -103,6 +103,8 @@ def test_steps_table():
     assert table.loc[2, "drafts"] == "␣ | w | j"
     assert list(table["ms"]) == [200.0, 100.0, 100.0, 100.0]
     assert list(table["drafts from"]) == ["–", "masks", "masks", "prompt lookup"]
+    grafted = Step([3, 4, 5], 1, 6, 0.1, 5, 2, looked_up=True, parents=[-1, -1, 1], path=[1])
+    assert viz.draft_source(grafted) == "masks + prompt lookup"  # a lookup chain grafted onto the masks' tree
 
 
 def test_offset_acceptance_figure():

@@ -160,21 +160,29 @@ def predict(results: list[dict], curve: dict, settings: Settings) -> list[dict]:
             length = 1 + drafts + fed * k
             return shape["seconds"] + _backbone_at(curve, length) - _backbone_at(curve, shape["input_length"])
 
-        shapes = [("linear", None, 0, steps["linear"]["seconds"])] + [
-            ("quadratic", g, 0, steps[f"quadratic g={g}"]["seconds"]) for g in range(1, k + 2)] + [
-            ("quadratic", g, budget, steps[tree_shape(budget, g)]["seconds"])
+        shapes = [("linear", None, 0, steps["linear"])] + [
+            ("quadratic", g, 0, steps[f"quadratic g={g}"]) for g in range(1, k + 2)] + [
+            ("quadratic", g, budget, steps[tree_shape(budget, g)])
             for tree_k, budget in tree_configs(settings) if tree_k == k for g in TREE_GROUPS]
-        for method, groups, budget, with_drafts in shapes:
+        for method, groups, budget, shape in shapes:
+            with_drafts = shape["seconds"]
             draft_cost = (curve["tree_drafting_seconds"][key][str(budget)] if budget
                           else curve["drafting_seconds"][key])
-            drafter = acceptance.tree_key(k, budget) if budget else chain_drafter
             for lookup in lookups:
+                drafter = chain_drafter if not budget else (
+                    acceptance.graft_key(k, budget, lookup) if lookup else acceptance.tree_key(k, budget))
+                if any(drafter not in e["draft_matches"] for e in entries):
+                    continue  # results measured before lookup drafts were grafted onto trees
                 passes = [p for e in entries for p in acceptance.replay(
                     e["draft_matches"][drafter], method, k, e["baseline"]["new_tokens"], groups,
-                    e["lookup_matches"] if lookup else None, leftover_of(e, drafter))[1:]]
+                    e["lookup_matches"] if lookup else None, leftover_of(e, drafter), grafted=bool(budget))[1:]]
                 if not passes:
                     continue
-                seconds = sum(lookup_pass(method, groups, p.lookup_drafts) + draft_cost if p.lookup_drafts
+                # A tree with lookup drafts grafted on is priced as the tree's pass plus the backbone's
+                # cost of the lookup drafts as extra tokens (an upper bound: some may share tree nodes).
+                seconds = sum((with_drafts + _backbone_at(curve, shape["input_length"] + p.lookup_drafts)
+                                - _backbone_at(curve, shape["input_length"]) if p.grafted else lookup_pass(method, groups, p.lookup_drafts)) + draft_cost
+                              if p.lookup_drafts
                               else with_drafts + draft_cost if p.accepted is not None
                               else steps["draftless"]["seconds"] + draft_cost for p in passes)
                 candidates.append({"method": method, "k": k, "groups": groups, "lookup": lookup, "tree_budget": budget,

@@ -147,7 +147,8 @@ def measure_prompt(model: MTPModel, record: PromptRecord, prompt_ids: list[int],
     if settings.tau_table_k and baseline["token_ids"]:
         bar.set_postfix_str(f"{record.domain} teacher-forced drafts")
         entry["draft_matches"] = acceptance.draft_matches(model, prompt_ids + baseline["token_ids"], len(prompt_ids),
-                                                          trees=tree_configs(settings))
+                                                          trees=tree_configs(settings),
+                                                          lookup=settings.prompt_lookup_tokens)
         entry["lookup_matches"] = acceptance.lookup_matches(prompt_ids, baseline["token_ids"],
                                                             settings.prompt_lookup_tokens)
     return entry

@@ -36,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="quadratic: mask groups after the first G of the k+1 tokens "
                              "(default: the measured best, else k+1, the paper's layout)")
     parser.add_argument("--lookup", type=int, default=None, metavar="N",
-                        help="linear/quadratic: up to N prompt-lookup drafts replace the masks' drafts when the "
-                             "text's last words occurred before; 0 = off (default: the measured best, else off)")
+                        help="linear/quadratic: up to N prompt-lookup drafts replace the masks' chain (join their "
+                             "tree as one more branch) when the text's last words occurred before; 0 = off "
+                             "(default: the measured best, else off)")
     parser.add_argument("--tree-budget", type=int, default=None, metavar="N",
                         help="linear/quadratic: verify a tree of up to N of the masks' candidates per pass instead "
                              "of one chain; 0 = a chain (default: the measured best, else 0)")
