@@ -163,7 +163,8 @@ class StopCriteria:
 def default_drafter(model: MTPModel, *, method: str, use_sampler: bool = True, lookup: int = 0,
                     tree_budget: int = 0) -> Drafter | None:
     """The drafter a method uses: none (autoregressive), the masks' chain or tree, prompt lookup first
-    (replacing a chain, grafted onto a tree), and for quadratic the newest group's leftover masks where no group survived (mtp.methods)."""
+    (replacing a chain, grafted onto a tree), and for quadratic the newest group's leftover masks
+    where no group survived (mtp.methods)."""
     if method == "autoregressive":
         return None
     masks = MaskTree(model, tree_budget, use_sampler=use_sampler) if tree_budget else MaskChain(model, use_sampler)

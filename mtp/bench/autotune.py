@@ -140,7 +140,9 @@ def predict(results: list[dict], curve: dict, settings: Settings) -> list[dict]:
     leftover masks are priced as a full draft); a draftless pass (after the accepted path ended
     where no group was, and no leftover masks were left) costs the 1-token pass plus drafting.
     A pass verifying m lookup drafts costs the chain shape with the same groups, plus the backbone's
-    cost of its extra input tokens. The prefill is the same for every method and is not priced.
+    cost of its extra input tokens; m lookup drafts grafted onto a tree cost the tree's shape plus the
+    backbone's cost of m more tokens (an upper bound: some may share tree nodes). The prefill is the
+    same for every method and is not priced.
     """
     chain_drafter = "sampler" if settings.use_sampler else "lm_head"
     entries = [e for e in results if "draft_matches" in e]
@@ -175,16 +177,20 @@ def predict(results: list[dict], curve: dict, settings: Settings) -> list[dict]:
                     continue  # results measured before lookup drafts were grafted onto trees
                 passes = [p for e in entries for p in acceptance.replay(
                     e["draft_matches"][drafter], method, k, e["baseline"]["new_tokens"], groups,
-                    e["lookup_matches"] if lookup else None, leftover_of(e, drafter), grafted=bool(budget))[1:]]
+                    e["lookup_matches"] if lookup else None, leftover_of(e, drafter),
+                    grafted=bool(budget and lookup))[1:]]
                 if not passes:
                     continue
-                # A tree with lookup drafts grafted on is priced as the tree's pass plus the backbone's
-                # cost of the lookup drafts as extra tokens (an upper bound: some may share tree nodes).
-                seconds = sum((with_drafts + _backbone_at(curve, shape["input_length"] + p.lookup_drafts)
-                                - _backbone_at(curve, shape["input_length"]) if p.grafted else lookup_pass(method, groups, p.lookup_drafts)) + draft_cost
-                              if p.lookup_drafts
-                              else with_drafts + draft_cost if p.accepted is not None
-                              else steps["draftless"]["seconds"] + draft_cost for p in passes)
+
+                def pass_seconds(p: acceptance.Pass) -> float:
+                    if p.grafted:
+                        return (with_drafts + _backbone_at(curve, shape["input_length"] + p.lookup_drafts)
+                                - _backbone_at(curve, shape["input_length"]))
+                    if p.lookup_drafts:
+                        return lookup_pass(method, groups, p.lookup_drafts)
+                    return with_drafts if p.accepted is not None else steps["draftless"]["seconds"]
+
+                seconds = sum(pass_seconds(p) + draft_cost for p in passes)
                 candidates.append({"method": method, "k": k, "groups": groups, "lookup": lookup, "tree_budget": budget,
                                    "tokens_per_step": tokens / len(passes),
                                    "predicted_tokens_per_second": tokens / seconds})

@@ -99,7 +99,8 @@ def tau_table(entries: list[dict], settings: Settings) -> dict:
         pairs = [(run["steps"], len(acceptance.replay(e.get("draft_matches", {}).get(drafter, []), name.method, name.k,
                                                       e["baseline"]["new_tokens"], name.groups,
                                                       e.get("lookup_matches") if name.lookup else None,
-                                                      leftover_of(e, drafter), grafted=bool(name.tree_budget))))
+                                                      leftover_of(e, drafter),
+                                                      grafted=bool(name.tree_budget and name.lookup))))
                  for e in entries for run in e["runs"] if run_of(run) == name and drafter in e.get("draft_matches", {})]
         agreement[run_name(name)] = {"prompts": len(pairs), "same_passes": sum(a == b for a, b in pairs)}
     return {"tau": table, "trees": trees, "tree_groups": tree_groups, "replay_agreement": agreement}
