@@ -43,6 +43,14 @@ def graft_key(k: int, budget: int, lookup: int) -> str:
     return f"{tree_key(k, budget)} + lookup {lookup}"
 
 
+def replayed_drafter(chain: str, k: int, budget: int, lookup: int) -> tuple[str, bool]:
+    """The draft_matches key that decoding with these settings replays (`chain`: the chain drafter's
+    key, for budget 0), and whether its trees carry the pass's lookup drafts (replay's `grafted`)."""
+    if not budget:
+        return chain, False
+    return (graft_key(k, budget, lookup), True) if lookup else (tree_key(k, budget), False)
+
+
 def leftover_key(drafter: str) -> str:
     """draft_matches' key for what `drafter` drafts from a group's leftover masks (drafting.LeftoverMasks)."""
     return f"{drafter} leftover"
@@ -130,8 +138,8 @@ def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: i
                     grafted = []
                     for s, draft in zip(shifts, drafts):
                         found = lookup_drafts(ids[:anchor + 2 + s], lookup)
-                        grafted.append(tree_match(draft.grafted(found), ids[anchor + 2 + s:]) if found
-                                       else shifted[s])
+                        following = ids[anchor + 2 + s:anchor + 2 + s + max(tree_k, lookup)]  # its deepest path
+                        grafted.append(tree_match(draft.grafted(found), following) if found else shifted[s])
                     matches[graft_key(tree_k, budget, lookup)].append(grafted[0])
                     matches[leftover_key(graft_key(tree_k, budget, lookup))].append(grafted[1:])
     return matches
@@ -197,7 +205,8 @@ def replay(matches: Sequence[int | TreeMatch], method: str, k: int, new_tokens: 
             masks = matches[produced - 1], k
         elif verification.drafts_from_leftover_masks and leftover is not None and shift <= min(len(leftover[newest]), k - 1):
             masks = leftover[newest][shift - 1], k - shift
-        if proposed and not (grafted and masks):  # lookup drafts (a chain) replace the masks' ones
+        on_tree = bool(proposed and grafted and masks)  # lookup drafts grafted onto the masks' tree
+        if proposed and not on_tree:  # lookup drafts (a chain) replace the masks' ones
             accepted, end = looked_up, PathEnd.of_chain(looked_up, proposed)
         elif masks:
             accepted, end = _masks_match(*masks)
@@ -206,7 +215,7 @@ def replay(matches: Sequence[int | TreeMatch], method: str, k: int, new_tokens: 
             produced += 1
             newest = produced - 1  # a draftless pass puts a group after its one token
             continue
-        passes.append(Pass(accepted, proposed, bool(proposed and grafted and masks)))
+        passes.append(Pass(accepted, proposed, on_tree))
         produced += accepted + 1
         if verification.keeps_group(end):
             newest = produced - 1

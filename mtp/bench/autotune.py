@@ -171,14 +171,12 @@ def predict(results: list[dict], curve: dict, settings: Settings) -> list[dict]:
             draft_cost = (curve["tree_drafting_seconds"][key][str(budget)] if budget
                           else curve["drafting_seconds"][key])
             for lookup in lookups:
-                drafter = chain_drafter if not budget else (
-                    acceptance.graft_key(k, budget, lookup) if lookup else acceptance.tree_key(k, budget))
+                drafter, grafted = acceptance.replayed_drafter(chain_drafter, k, budget, lookup)
                 if any(drafter not in e["draft_matches"] for e in entries):
                     continue  # results measured before lookup drafts were grafted onto trees
                 passes = [p for e in entries for p in acceptance.replay(
                     e["draft_matches"][drafter], method, k, e["baseline"]["new_tokens"], groups,
-                    e["lookup_matches"] if lookup else None, leftover_of(e, drafter),
-                    grafted=bool(budget and lookup))[1:]]
+                    e["lookup_matches"] if lookup else None, leftover_of(e, drafter), grafted)[1:]]
                 if not passes:
                     continue
 

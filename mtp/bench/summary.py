@@ -92,15 +92,13 @@ def tau_table(entries: list[dict], settings: Settings) -> dict:
     for name in runs_of(settings):
         if name.method not in DRAFTING_METHODS or name.cost_aware:  # cost-aware runs depend on timing: no replay
             continue
-        drafter = chain_drafter if not name.tree_budget else (
-            acceptance.graft_key(name.k, name.tree_budget, settings.prompt_lookup_tokens) if name.lookup
-            else acceptance.tree_key(name.k, name.tree_budget))
+        drafter, grafted = acceptance.replayed_drafter(chain_drafter, name.k, name.tree_budget,
+                                                       settings.prompt_lookup_tokens if name.lookup else 0)
         # One prompt's replayed τ equals its decoded τ exactly when the pass counts are equal.
         pairs = [(run["steps"], len(acceptance.replay(e.get("draft_matches", {}).get(drafter, []), name.method, name.k,
                                                       e["baseline"]["new_tokens"], name.groups,
                                                       e.get("lookup_matches") if name.lookup else None,
-                                                      leftover_of(e, drafter),
-                                                      grafted=bool(name.tree_budget and name.lookup))))
+                                                      leftover_of(e, drafter), grafted)))
                  for e in entries for run in e["runs"] if run_of(run) == name and drafter in e.get("draft_matches", {})]
         agreement[run_name(name)] = {"prompts": len(pairs), "same_passes": sum(a == b for a, b in pairs)}
     return {"tau": table, "trees": trees, "tree_groups": tree_groups, "replay_agreement": agreement}
