@@ -320,6 +320,21 @@ class MTPModel(nn.Module):
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.base.get_output_embeddings()(hidden)
 
+    def sampler_head(self, mask_hidden: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor:
+        """(n, d) what lm_head reads for mask hidden states (n, d) given the token chosen just before
+        each: the sampler's output, or the hidden states themselves without a sampler."""
+        if self.sampler is None:
+            return mask_hidden
+        return self.sampler(mask_hidden, self.base.get_input_embeddings()(prev_ids).to(mask_hidden.dtype))
+
+    def lm_logits_at(self, head: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """lm_head logits of `head` (n, d) at only the token ids `candidates`: (n, C) per row, or (C,)
+        shared by every row (one read of those lm_head rows instead of one per row)."""
+        lm_head = self.base.get_output_embeddings()
+        weight = lm_head.weight[candidates].to(head.dtype)
+        logits = head @ weight.T if candidates.dim() == 1 else torch.einsum("nd,ncd->nc", head, weight)
+        return logits if lm_head.bias is None else logits + lm_head.bias[candidates]
+
     def sampler_logits(self, mask_hidden: torch.Tensor, prev_ids: torch.Tensor,
                        candidates: torch.Tensor | None = None) -> torch.Tensor:
         """Sampler logits (n, V) for mask hidden states (n, d) given the token chosen just before each.
@@ -327,15 +342,8 @@ class MTPModel(nn.Module):
         candidates (n, C): score only these token ids, (n, C) logits. A full-vocabulary row costs a
         read of the whole lm_head (~10 ms on 2 CPU cores); drafting reads it once for all k masks.
         """
-        head = mask_hidden
-        if self.sampler is not None:
-            prev = self.base.get_input_embeddings()(prev_ids).to(mask_hidden.dtype)
-            head = self.sampler(mask_hidden, prev)
-        if candidates is None:
-            return self.lm_logits(head)
-        lm_head = self.base.get_output_embeddings()
-        logits = torch.einsum("nd,ncd->nc", head, lm_head.weight[candidates].to(head.dtype))
-        return logits if lm_head.bias is None else logits + lm_head.bias[candidates]
+        head = self.sampler_head(mask_hidden, prev_ids)
+        return self.lm_logits(head) if candidates is None else self.lm_logits_at(head, candidates)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def write_files(self, directory: Path, extra_files: dict[str, str] | None = None) -> None:

@@ -186,7 +186,7 @@ TREE_WIDTH = 8
 
 
 class _GrowingTree:
-    """One tree while mask_trees grows it: every node expanded so far, parents first."""
+    """One tree while mask_trees grows it: the nodes kept so far, parents first."""
 
     def __init__(self, bonus: int) -> None:
         self.bonus = bonus
@@ -194,7 +194,7 @@ class _GrowingTree:
         self.parents: list[int] = []
         self.scores: list[float] = []
         self.depths: list[int] = []
-        self.frontier = [-1]  # node indices; -1 is t_0 (token: the bonus, score 1)
+        self.frontier = [-1]  # the newest depth's nodes, most probable first; -1 is t_0 (the bonus, score 1)
 
     def token_of(self, node: int) -> int:
         return self.bonus if node < 0 else self.tokens[node]
@@ -202,12 +202,21 @@ class _GrowingTree:
     def score_of(self, node: int) -> float:
         return 1.0 if node < 0 else self.scores[node]
 
-    def add(self, token: int, parent: int, prob: float, depth: int) -> None:
+    def add(self, token: int, parent: int, score: float, depth: int) -> None:
         self.frontier.append(len(self.tokens))
         self.tokens.append(token)
         self.parents.append(parent)
-        self.scores.append(self.score_of(parent) * prob)
+        self.scores.append(score)
         self.depths.append(depth)
+
+    def expandable(self, budget: int, width: int) -> list[int]:
+        """The frontier nodes worth expanding: at most `width`, and only those whose children could
+        still make the cut — a child scores at most its parent and loses ties to every node kept so
+        far (all shallower), so a parent no better than the `budget`-th best score has none that could."""
+        if len(self.scores) < budget:
+            return self.frontier[:width]
+        bar = sorted(self.scores, reverse=True)[budget - 1]
+        return [node for node in self.frontier[:width] if self.score_of(node) > bar]
 
     def cut(self, budget: int) -> Draft:
         """The `budget` most probable nodes. A child never outscores its parent, and ties go to the
@@ -225,29 +234,42 @@ def mask_trees(model: MTPModel, groups: Sequence[MaskGroup], budget: int, width:
 
     Depth i's candidates are mask i's lm_head top-C, scored by the sampler given the parent's
     token; a node's score is the product of its path's draft probabilities. Width 1 and budget k
-    is the greedy sampler chain. Several groups (of any sizes) share one sampler call per depth."""
+    is the greedy sampler chain. Several groups (of any sizes) share one sampler call per depth.
+    A node's descendants score no more than it, so each depth keeps only its `budget` most probable
+    new nodes and expands only nodes whose children could make the cut (_GrowingTree.expandable):
+    the same tree for fewer sampler rows."""
     candidates = [draft_candidates(group.logits) for group in groups]
     sampler = use_sampler and model.sampler is not None
     trees = [_GrowingTree(group.bonus) for group in groups]
+    expand = min(width, budget)
     for depth in range(max((len(group.hidden) for group in groups), default=0)):
-        active = [(i, sorted(trees[i].frontier, key=lambda node: -trees[i].score_of(node))[:min(width, budget)])
-                  for i, group in enumerate(groups) if depth < len(group.hidden)]
-        rows = torch.cat([candidates[i][depth].expand(len(expand), -1) for i, expand in active])
+        active = []
+        for i, (tree, group) in enumerate(zip(trees, groups)):
+            parents = tree.expandable(budget, expand) if depth < len(group.hidden) else []
+            tree.frontier = []  # refilled with this depth's nodes
+            if parents:
+                active.append((i, parents))
+        if not active:
+            break
         if sampler:
-            hidden = torch.cat([groups[i].hidden[depth].expand(len(expand), -1) for i, expand in active])
-            prev = torch.tensor([trees[i].token_of(node) for i, expand in active for node in expand], device=rows.device)
-            logits = model.sampler_logits(hidden, prev, rows)
-        else:
-            logits = torch.cat([groups[i].logits[depth, candidates[i][depth]].expand(len(expand), -1)
-                                for i, expand in active])
-        top_probs, top_index = torch.softmax(logits.float(), dim=-1).topk(min(width, budget, rows.shape[1]), dim=-1)
-        children = iter(zip(top_probs.tolist(), top_index.tolist()))
-        for i, expand in active:
-            tree, row_tokens = trees[i], candidates[i][depth].tolist()  # one conversion, not one per child
-            tree.frontier = []
-            for parent, (probs, index) in zip(expand, children):
-                for prob, column in zip(probs, index):
-                    tree.add(row_tokens[column], parent, prob, depth + 1)
+            hidden = torch.cat([groups[i].hidden[depth].expand(len(parents), -1) for i, parents in active])
+            prev = torch.tensor([trees[i].token_of(node) for i, parents in active for node in parents],
+                                device=hidden.device)
+            heads = model.sampler_head(hidden, prev).split([len(parents) for _, parents in active])
+            logits = [model.lm_logits_at(head, candidates[i][depth]) for (i, _), head in zip(active, heads)]
+        else:  # lm_head at the mask: the same for every parent
+            logits = [groups[i].logits[depth, candidates[i][depth]].expand(len(parents), -1) for i, parents in active]
+        for (i, parents), row_logits in zip(active, logits):
+            tree = trees[i]
+            top_probs, top_index = torch.softmax(row_logits.float(), dim=-1).topk(min(expand, row_logits.shape[1]),
+                                                                                 dim=-1)
+            parent_scores = torch.tensor([tree.score_of(node) for node in parents], dtype=torch.float64)
+            scores = (parent_scores[:, None] * top_probs.double()).flatten()
+            best_scores, best = scores.topk(min(budget, len(scores)))  # most probable first
+            columns = top_index.flatten()[best]
+            tokens = candidates[i][depth][columns].tolist()
+            for token, index, score in zip(tokens, best.tolist(), best_scores.tolist()):
+                tree.add(token, parents[index // top_index.shape[1]], score, depth + 1)
     return [tree.cut(budget) for tree in trees]
 
 

@@ -10,7 +10,7 @@ from decoding_helpers import greedy_reference, random_prompt, tiny_mtp
 
 from mtp.acceptance import draft_matches, graft_key, leftover_key, lookup_matches, replay, tree_key, tree_match
 from mtp.decoding import generate
-from mtp.drafting import Draft, MaskChain, MaskGroup, mask_tree
+from mtp.drafting import Draft, MaskChain, MaskGroup, draft_candidates, mask_tree
 from mtp.layouts import ancestor_matrix, chain_parents, step_layout, tree_positions
 from mtp.methods import Linear, PathEnd, Quadratic
 from mtp.sampling import Sampling
@@ -94,6 +94,54 @@ def test_mask_tree_is_a_budgeted_tree_and_width_one_is_the_chain():
             for i, parent in enumerate(tree.parents):
                 siblings.setdefault(parent, []).append(tree.tokens[i])
             assert all(len(set(tokens)) == len(tokens) for tokens in siblings.values())  # no repeated child
+
+
+def _unpruned_tree(model, group: MaskGroup, budget: int, width: int) -> tuple[list[int], list[int]]:
+    """The tree mask_trees defines, grown without its pruning: every depth expands its `width` most
+    probable nodes into `width` children each, then the whole tree is cut to the `budget` best."""
+    candidates = draft_candidates(group.logits)
+    nodes, frontier = [], [(-1, group.bonus, 1.0)]  # (parent, token, score)
+    for depth in range(model.k):
+        expand = sorted(frontier, key=lambda node: -node[2])[:min(width, budget)]
+        children = []
+        for node in expand:
+            logits = model.sampler_logits(group.hidden[depth][None], torch.tensor([node[1]]), candidates[depth][None])
+            probs, index = logits.float().softmax(-1)[0].topk(min(width, budget))
+            children += [(nodes.index(node) if node in nodes else -1, int(candidates[depth][c]), node[2] * float(p))
+                         for p, c in zip(probs, index)]
+        nodes += children
+        frontier = children
+    depth_of = []
+    for parent, _, _ in nodes:
+        depth_of.append(1 if parent < 0 else depth_of[parent] + 1)
+    kept = sorted(range(len(nodes)), key=lambda i: (-nodes[i][2], depth_of[i]))[:budget]
+    paths = set()
+    for i in kept:  # each kept node as its root-to-node token path: comparable across numbering
+        path, node = [], i
+        while node >= 0:
+            path.insert(0, nodes[node][1])
+            node = nodes[node][0]
+        paths.add(tuple(path))
+    return sorted(paths)
+
+
+@torch.inference_mode()
+def test_mask_tree_pruning_keeps_the_same_tree():
+    """mask_trees expands only nodes whose children could make the cut: the tree is the unpruned one."""
+    model = tiny_mtp("llama", seed=3, k=5, lora_std=0.5)
+    model.base.get_output_embeddings().weight.mul_(8)  # peaked draft probabilities: deep, narrow trees, much pruned
+    for seed in range(4):
+        group = _group(model, seed)
+        for budget, width in ((1, 8), (6, 8), (8, 3), (8, 4), (20, 4)):
+            tree = mask_tree(model, group, budget, width)
+            paths = []
+            for i in range(len(tree.tokens)):
+                path, node = [], i
+                while node >= 0:
+                    path.insert(0, tree.tokens[node])
+                    node = tree.parents[node]
+                paths.append(tuple(path))
+            assert sorted(paths) == _unpruned_tree(model, group, budget, width), (seed, budget, width)
 
 
 # -- exact decoding --------------------------------------------------------------------------------
