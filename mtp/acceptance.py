@@ -11,8 +11,8 @@ drafts depend only on the context too, so their match lengths replay the same wa
 is a deterministic function of its mask group and the bonus token too, so the same pass gives,
 per index, the tree's accepted depth and where its accepted path ends (which decides, through the
 method's policy, whether the next pass has drafts), and the drafts from each group's leftover
-masks, shifted past the tokens verified since it (quadratic drafts from those where no group
-survived). The benchmark checks this against the runs it
+masks, shifted past the tokens verified since it (quadratic drafts from those where the accepted
+path ran past the newest group's node). The benchmark checks this against the runs it
 decodes (up to floating-point ties between differently shaped passes).
 """
 
@@ -63,10 +63,10 @@ class TreeMatch(NamedTuple):
     end: PathEnd
 
 
-def tree_match(draft: Draft, following: Sequence[int]) -> TreeMatch:
-    """Walk `draft` along the true tokens that follow its root (greedy acceptance)."""
+def tree_match(draft: Draft, following: Sequence[int], k: int) -> TreeMatch:
+    """Walk `draft` along the true tokens that follow its root (greedy acceptance); k: masks per group."""
     path = draft.follow(following)
-    return TreeMatch(len(path), PathEnd.of(draft, path[-1] if path else -1))
+    return TreeMatch(len(path), PathEnd.of(draft, path, k))
 
 
 def _leading_matches(correct: torch.Tensor) -> list[int]:
@@ -131,7 +131,8 @@ def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: i
                 shifts = range(min(tree_k, length - 1 - anchor))
                 drafts = mask_trees(model, [MaskGroup(hidden[row, s:tree_k], logits[row, s:tree_k],
                                                       int(sequence[anchor + 1 + s])) for s in shifts], budget)
-                shifted = [tree_match(draft, ids[anchor + 2 + s:anchor + 2 + tree_k]) for s, draft in zip(shifts, drafts)]
+                shifted = [tree_match(draft, ids[anchor + 2 + s:anchor + 2 + tree_k], tree_k)
+                           for s, draft in zip(shifts, drafts)]
                 matches[tree_key(tree_k, budget)].append(shifted[0])
                 matches[leftover_key(tree_key(tree_k, budget))].append(shifted[1:])
                 if lookup:  # the pass after x_{a+1+s} looks up in ids[:a+2+s]
@@ -139,7 +140,7 @@ def draft_matches(model: MTPModel, ids: Sequence[int], prompt_len: int, chunk: i
                     for s, draft in zip(shifts, drafts):
                         found = lookup_drafts(ids[:anchor + 2 + s], lookup)
                         following = ids[anchor + 2 + s:anchor + 2 + s + max(tree_k, lookup)]  # its deepest path
-                        grafted.append(tree_match(draft.grafted(found), following) if found else shifted[s])
+                        grafted.append(tree_match(draft.grafted(found), following, tree_k) if found else shifted[s])
                     matches[graft_key(tree_k, budget, lookup)].append(grafted[0])
                     matches[leftover_key(graft_key(tree_k, budget, lookup))].append(grafted[1:])
     return matches
@@ -187,14 +188,14 @@ def replay(matches: Sequence[int | TreeMatch], method: str, k: int, new_tokens: 
     without drafts yields one token and puts a group after it). lookup: lookup_matches of the same
     output, for decoding with prompt-lookup drafts. leftover: draft_matches' leftover entries of the
     same drafter (leftover_key): quadratic decoding drafts from the newest group's leftover masks
-    where no group survived (drafting.LeftoverMasks); without them (results measured before leftover
+    where the path ran past its node (drafting.LeftoverMasks); without them (results measured before leftover
     masks existed) this replays a draftless pass there. grafted: matches and leftover are a tree's
     graft_key entries, so where lookup proposes and the masks have a draft, the pass verifies both
     (drafting.PromptLookup with graft); elsewhere lookup drafts replace the masks' ones.
     """
     if method not in DRAFTING_METHODS:
         raise ValueError(f"replay covers linear and quadratic decoding, not {method!r}")
-    verification = policy(method, k + 1 if groups is None else groups)
+    verification = policy(method, k + 1 if groups is None else groups, k)
     passes = [Pass(None)]
     produced, newest = 1, 0  # the prefill yields x_0 and the mask group of entry 0 (after the prompt)
     while produced < new_tokens:
@@ -217,8 +218,9 @@ def replay(matches: Sequence[int | TreeMatch], method: str, k: int, new_tokens: 
             continue
         passes.append(Pass(accepted, proposed, on_tree))
         produced += accepted + 1
-        if verification.keeps_group(end):
-            newest = produced - 1
+        behind = verification.group_behind(end)
+        if behind is not None:
+            newest = produced - 1 - behind
     return passes
 
 

@@ -4,8 +4,9 @@ Every pass feeds `tokens = [t_0, drafts..]` (t_0 the newest verified token, not 
 cache; the drafts a tree rooted at t_0, a chain being the tree of width 1) followed by k-mask
 groups after the nodes the method's policy picks (mtp.methods). One shared `verify` accepts the
 longest drafted path the model agrees with, keeps only that path in the KV cache and returns the
-mask group after it, if one was fed; the drafter (mtp.drafting) turns that group, or the context,
-into the next draft. The first pass (prefill) feeds the whole prompt as `tokens`, with no drafts.
+mask group of the path's deepest node that carried one, if any; the drafter (mtp.drafting) turns
+that group (its masks past the tokens accepted beyond its node), or the context, into the next
+draft. The first pass (prefill) feeds the whole prompt as `tokens`, with no drafts.
 
 Greedy (temperature 0) accepts a draft iff it equals the model's argmax, so the output is token for
 token the base model's greedy output. Sampling accepts by speculative sampling against the drafts'
@@ -82,7 +83,7 @@ class Verified(NamedTuple):
 
     path: list[int]  # accepted draft nodes, root first
     bonus: int  # the model's own token after them
-    group: MaskGroup | None  # the mask group after the path's end, if the pass fed one there
+    group: MaskGroup | None  # the group of the deepest accepted node (t_0 included) that carried one
     input_length: int  # tokens fed: real + draft + mask
 
 
@@ -96,8 +97,8 @@ MERGED_LOGITS_MAX_ROWS = 32
 
 def verify(model: MTPModel, cache: DynamicCache, cached: int, tokens: Sequence[int], draft: Draft,
            anchors: Sequence[int], k: int, sampling: Sampling) -> Verified:
-    """One forward pass shared by all methods: verify `draft`, return the mask group after its
-    accepted path (if `anchors` put one there).
+    """One forward pass shared by all methods: verify `draft`, return the mask group of the deepest
+    node of its accepted path that `anchors` gave one (behind > 0 where the path ran on past it).
 
     tokens: new real tokens, then the draft's tokens (tokens[-len(draft.tokens)-1] = t_0); the cache
     holds `cached` entries. anchors: draft nodes (-1: t_0) that get a k-mask group. The cache keeps
@@ -120,13 +121,17 @@ def verify(model: MTPModel, cache: DynamicCache, cached: int, tokens: Sequence[i
     path, bonus = accept(logits[:n - first], draft, sampling)
     # Tokens precede masks in the tensor: keeping the path drops the rejected nodes and every mask.
     keep_in_cache(cache, cached + first + 1, [cached + first + 1 + node for node in path])
-    end = path[-1] if path else -1
-    if end not in anchors:
+    on_path = [-1, *path]
+    anchored = [depth for depth, node in enumerate(on_path) if node in anchors]
+    if not anchored:
         return Verified(path, bonus, None, len(layout.input_ids))
-    rows = group_rows(n, k, list(anchors).index(end))
+    depth = anchored[-1]  # the deepest accepted node with a group: its masks are the freshest
+    rows = group_rows(n, k, list(anchors).index(on_path[depth]))
     hidden = out.hidden[0, rows]
     group_logits = logits[rows.start - first:rows.stop - first] if merged else model.lm_logits(hidden)
-    return Verified(path, bonus, MaskGroup(hidden, group_logits, bonus), len(layout.input_ids))
+    behind = len(path) - depth  # accepted tokens after its bonus (the path's next node, or the pass's bonus)
+    group_bonus = draft.tokens[path[depth]] if behind else bonus
+    return Verified(path, bonus, MaskGroup(hidden, group_logits, group_bonus, behind), len(layout.input_ids))
 
 
 class StopCriteria:
@@ -221,7 +226,7 @@ def generate(
     start = time.perf_counter()
     sampling = Sampling(temperature, top_k, top_p, seed, model.mask_embeddings.device)
     stop = StopCriteria(max_new_tokens, eos_token_ids, stop_strings, tokenizer)
-    verification = policy(method, k + 1 if groups is None else groups)
+    verification = policy(method, k + 1 if groups is None else groups, k)
     adaptive = None
     if cost_aware and method != "autoregressive":
         verification = adaptive = CostAware(verification)

@@ -18,11 +18,14 @@ from .sampling import Sampling
 
 
 class MaskGroup(NamedTuple):
-    """The k-mask group after the accepted path: it guesses the k tokens after `bonus`."""
+    """A k-mask group on the accepted path: it guesses the k tokens after `bonus`."""
 
     hidden: torch.Tensor  # (k, d) final hidden states of the masks
     logits: torch.Tensor  # (k, V) their lm_head logits
-    bonus: int  # the token the group's anchor predicted (the verified pass's bonus token)
+    bonus: int  # the token the group's anchor predicted
+    # Accepted tokens already verified after `bonus` (the path ran on past the group's node): its
+    # first `behind` masks guessed known tokens, and only LeftoverMasks drafts from the rest.
+    behind: int = 0
 
 
 @dataclass
@@ -101,26 +104,39 @@ class Draft:
             node = max(children[node], key=lambda c: self.scores[c])
         return node
 
-    def group_order(self) -> list[int]:
-        """Nodes (-1: t_0) in the order they get mask groups as the number of groups grows.
+    def group_order(self, k: int) -> list[int]:
+        """Nodes (-1: t_0) in the order they get k-mask groups as the number of groups grows.
 
-        A chain: t_0 then its drafts in order, the paper's quadratic layout. A tree: by the
-        drafter's probability that the accepted path ends at the node, its probability of being
-        reached less its children's (they would carry the path further)."""
+        A chain: t_0 then its drafts in order, the paper's quadratic layout. A tree: by the masks a
+        group there is expected to leave the next pass. A group after node X serves the next pass
+        whenever the accepted path runs through X: if it ends at E, X's group has k - (depth(E) -
+        depth(X)) masks left past it (drafting.LeftoverMasks). So X's value sums, over the ends E at or
+        below X, the drafter's probability that the path ends at E (E's probability of being reached
+        less its children's) times those masks left (docs/design.md §7)."""
         if self.is_chain:
             return list(range(-1, len(self.tokens)))
         ends = {-1: 1.0}
         ends.update({i: score for i, score in enumerate(self.scores)})
         for i, parent in enumerate(self.parents):
             ends[parent] -= self.scores[i]
-        return sorted(ends, key=lambda node: (-ends[node], node))
+        depths = {-1: 0, **dict(enumerate(self.depths()))}
+        value = dict.fromkeys(ends, 0.0)
+        for end, probability in ends.items():
+            node = end
+            while depths[end] - depths[node] < k:  # X = each ancestor of E, E included, with masks left
+                value[node] += probability * (k - (depths[end] - depths[node]))
+                if node < 0:
+                    break
+                node = self.parents[node]
+        return sorted(value, key=lambda node: (-value[node], node))
 
 
 class Drafter(Protocol):
     """Anything that proposes the next pass's draft."""
 
     def propose(self, context: list[int], group: MaskGroup | None, sampling: Sampling) -> Draft:
-        """context: prompt + output so far; group: the mask group after the accepted path, if fed."""
+        """context: prompt + output so far; group: the mask group of the accepted path's deepest node
+        that carried one, if any (group.behind > 0: the path ran on past that node)."""
         ...
 
 
@@ -157,7 +173,7 @@ class MaskChain:
         self.model, self.use_sampler = model, use_sampler and model.sampler is not None
 
     def propose(self, context: list[int], group: MaskGroup | None, sampling: Sampling) -> Draft:
-        if group is None:
+        if group is None or group.behind:
             return Draft()
         if not self.use_sampler:
             if sampling.greedy:
@@ -287,28 +303,28 @@ class MaskTree:
         self.model, self.budget, self.width, self.use_sampler = model, budget, width, use_sampler
 
     def propose(self, context: list[int], group: MaskGroup | None, sampling: Sampling) -> Draft:
-        if group is None:
+        if group is None or group.behind:
             return Draft()
         return mask_tree(self.model, group, self.budget, self.width, self.use_sampler)
 
 
 class LeftoverMasks:
-    """Where the accepted path ended at a node without a mask group, the newest group's masks past
-    the tokens verified since still guess what comes next: `drafter` drafts from those (k - shift
-    of them) instead of the pass going draftless (docs/design.md §5)."""
+    """Where the accepted path ended past the newest group's node (a node without a group, or deeper
+    than the group's), that group's masks past the tokens verified since still guess what comes
+    next: `drafter` drafts from those (k - shift of them) instead of the pass going draftless
+    (docs/design.md §5)."""
 
     def __init__(self, drafter: Drafter) -> None:
         self.drafter = drafter
-        self.newest: tuple[MaskGroup, int] | None = None  # the newest group fed, and the context length then
+        self.newest: tuple[MaskGroup, int] | None = None  # the newest group, and the context length at its bonus
 
     def propose(self, context: list[int], group: MaskGroup | None, sampling: Sampling) -> Draft:
         if group is not None:
-            self.newest = (group, len(context))
-        elif self.newest is not None:
+            self.newest = (group, len(context) - group.behind)
+        if (group is None or group.behind) and self.newest is not None:
             newest, fed_at = self.newest
             shift = len(context) - fed_at  # tokens verified since its bonus; its mask `shift` guesses the next
-            if shift < len(newest.hidden):
-                group = MaskGroup(newest.hidden[shift:], newest.logits[shift:], context[-1])
+            group = MaskGroup(newest.hidden[shift:], newest.logits[shift:], context[-1]) if shift < len(newest.hidden) else None
         return self.drafter.propose(context, group, sampling)
 
 

@@ -1,11 +1,12 @@
 """Verification policies: which nodes of a draft get a k-mask group in the pass that verifies it.
 
 That one choice is all that separates the methods (docs/design.md §5): the next pass has fresh
-drafts from the masks only if the accepted path ends at a node that carried a group. Decoding asks
-`anchors`; replaying a pass sequence from match lengths (mtp.acceptance) asks `keeps_group`,
-which says the same thing from where the accepted path ended. Quadratic, whose point is drafts for
-every next pass, also drafts from the newest group's leftover masks where no group survived
-(`drafts_from_leftover_masks`, drafting.LeftoverMasks); linear and autoregressive do as the paper does.
+drafts from the masks only if the accepted path ends at a node that carried a group, and drafts
+from a group's leftover masks if the path ran through such a node and on past it. Decoding asks
+`anchors`; replaying a pass sequence from match lengths (mtp.acceptance) asks `group_behind`,
+which says the same thing from the accepted path. Quadratic, whose point is drafts for every next
+pass, also drafts from the newest group's leftover masks (`drafts_from_leftover_masks`,
+drafting.LeftoverMasks); linear and autoregressive do as the paper does.
 """
 
 from __future__ import annotations
@@ -17,19 +18,20 @@ from .drafting import Draft
 
 
 class PathEnd(NamedTuple):
-    """Where an accepted path ended in its draft, as a policy needs to know it."""
+    """The accepted path in its draft, as a policy needs to know it."""
 
-    rank: int  # position of the end node (-1: t_0) in draft.group_order()
-    main_leaf: bool  # the end node is draft.main_leaf()
+    ranks: tuple[int, ...]  # position in draft.group_order(k) of t_0 and of each accepted node, root first
+    main_leaf: bool  # the path ends at draft.main_leaf()
 
     @staticmethod
-    def of(draft: Draft, end: int) -> "PathEnd":
-        return PathEnd(draft.group_order().index(end), end == draft.main_leaf())
+    def of(draft: Draft, path: list[int], k: int) -> "PathEnd":
+        rank = {node: r for r, node in enumerate(draft.group_order(k))}
+        return PathEnd(tuple(rank[node] for node in [-1, *path]), (path[-1] if path else -1) == draft.main_leaf())
 
     @staticmethod
     def of_chain(accepted: int, length: int) -> "PathEnd":
-        """PathEnd.of(a chain of `length` drafts, its node accepted-1), without building the chain."""
-        return PathEnd(accepted, accepted == length)
+        """PathEnd.of(a chain of `length` drafts, its first `accepted`), without building the chain."""
+        return PathEnd(tuple(range(accepted + 1)), accepted == length)
 
 
 class Autoregressive:
@@ -41,8 +43,11 @@ class Autoregressive:
     def anchors(self, draft: Draft) -> list[int]:
         return []
 
-    def keeps_group(self, end: PathEnd) -> bool:
-        return False
+    def group_behind(self, end: PathEnd) -> int | None:
+        """Accepted tokens past the bonus of the group of the deepest accepted node (t_0 included)
+        that carried one (0: the path ended there; its masks guess from the next token on), or None
+        when no node of the path carried a group."""
+        return None
 
 
 class Linear:
@@ -55,25 +60,26 @@ class Linear:
     def anchors(self, draft: Draft) -> list[int]:
         return [draft.main_leaf()]
 
-    def keeps_group(self, end: PathEnd) -> bool:
-        return end.main_leaf
+    def group_behind(self, end: PathEnd) -> int | None:
+        return 0 if end.main_leaf else None  # a leaf: no path runs on past it
 
 
 class Quadratic:
-    """Groups after the first `groups` nodes of draft.group_order() (t_0 and each chain draft in
-    the paper's layout, groups = k+1), so some group survives most rejections."""
+    """Groups of k masks after the first `groups` nodes of draft.group_order(k) (t_0 and each chain
+    draft in the paper's layout, groups = k+1), so some group survives most rejections."""
 
     name = "quadratic"
     drafts_from_leftover_masks = True
 
-    def __init__(self, groups: int | None = None) -> None:
-        self.groups = groups  # None: every node
+    def __init__(self, groups: int | None, k: int) -> None:
+        self.groups, self.k = groups, k  # groups None: every node
 
     def anchors(self, draft: Draft) -> list[int]:
-        return draft.group_order()[:self.groups]
+        return draft.group_order(self.k)[:self.groups]
 
-    def keeps_group(self, end: PathEnd) -> bool:
-        return self.groups is None or end.rank < self.groups
+    def group_behind(self, end: PathEnd) -> int | None:
+        anchored = [depth for depth, rank in enumerate(end.ranks) if self.groups is None or rank < self.groups]
+        return len(end.ranks) - 1 - anchored[-1] if anchored else None
 
 
 Policy = Autoregressive | Linear | Quadratic
@@ -121,8 +127,8 @@ class CostAware:
         self.fed_masks = self.masks_on
         return self.inner.anchors(draft) if self.masks_on and not draft.looked_up else []
 
-    def keeps_group(self, end: PathEnd) -> bool:
-        return self.inner.keeps_group(end)
+    def group_behind(self, end: PathEnd) -> int | None:
+        return self.inner.group_behind(end)
 
     def tokens_per_second(self, masks_on: bool) -> float | None:
         measured = self.measured[masks_on]
@@ -153,8 +159,8 @@ class CostAware:
             self.masks_on, self.unmeasured = masks_on, True
 
 
-def policy(method: str, groups: int | None = None) -> Policy:
-    """The policy of a method name (groups: quadratic only; None = a group after every node)."""
+def policy(method: str, groups: int | None = None, k: int = 1) -> Policy:
+    """The policy of a method name (groups, k: quadratic only; groups None = a group after every node)."""
     if method == "quadratic":
-        return Quadratic(groups)
+        return Quadratic(groups, k)
     return Linear() if method == "linear" else Autoregressive()

@@ -50,13 +50,14 @@ def random_prompt(seed: int, length: int, vocab: int) -> list[int]:
 
 class Oracle:
     """A drafter proposing the true continuation as a chain of k (or of the group's masks, if fewer),
-    with only its first `correct` drafts right; like the masks, it proposes only when given a group."""
+    with only its first `correct` drafts right; like the masks, it proposes only when given a group
+    the accepted path ended at (not one it ran past: group.behind > 0)."""
 
     def __init__(self, continuation: list[int], k: int, correct: int | None = None, vocab: int = 128) -> None:
         self.continuation, self.k, self.correct, self.vocab = continuation, k, correct, vocab
 
     def propose(self, context: list[int], group, sampling) -> Draft:
-        if group is None:
+        if group is None or group.behind:
             return Draft()
         assert context == self.continuation[:len(context)], "the context must be the greedy continuation"
         true = self.continuation[len(context):len(context) + min(self.k, len(group.hidden))]

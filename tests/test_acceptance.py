@@ -35,14 +35,18 @@ def test_replay_by_hand():
 
 
 def test_leftover_masks_replay_by_hand():
-    # Quadratic k=4, one group (after t_0): accepting 2 drafts leaves no group. The newest group's
-    # masks 3.. still guess what follows (shift 3 here: tokens 1..3 verified since its bonus), so the
-    # next pass drafts k - 3 = 1 token from them; only when they run out is a pass draftless.
-    matches, leftover = [2] * 12, [[1, 1, 1]] * 12  # leftover[i][s-1]: the chain from mask s of group i
+    # Quadratic k=4, one group (after t_0): accepting 2 drafts leaves no group at the path's end, but
+    # the path ran 2 tokens past the bonus of t_0's group (its first draft): that group's masks 3..
+    # still guess what follows, so the next pass drafts k - 2 = 2 tokens from them (leftover[i][s-1]:
+    # the chain from mask s of group i). Without leftover entries such a pass is draftless.
+    matches, leftover = [2] * 12, [[1, 1, 1]] * 12
     assert accepted(replay(matches, "quadratic", 4, 10, groups=1)) == [None, 2, None, 2, None, 2]
-    assert accepted(replay(matches, "quadratic", 4, 10, groups=1, leftover=leftover)) == [None, 2, 1, None, 2]
+    # Accepting 1 leftover draft runs 1 past the bonus of that pass's own t_0 group: 3 masks left.
+    assert accepted(replay(matches, "quadratic", 4, 10, groups=1, leftover=leftover)) == [None, 2, 1, 1, 1]
     # Leftover entries past k - shift are capped like any chain; linear never drafts from leftovers.
-    assert accepted(replay(matches, "quadratic", 4, 10, groups=1, leftover=[[3, 3, 3]] * 12)) == [None, 2, 1, None, 2]
+    assert accepted(replay(matches, "quadratic", 4, 10, groups=1, leftover=[[3, 3, 3]] * 12)) == [None, 2, 2, 2]
+    # Past all k masks of the freshest group on the path, a pass is draftless.
+    assert accepted(replay([4] * 12, "quadratic", 4, 11, groups=1, leftover=leftover)) == [None, 4, None, 4]
     assert replay(matches, "linear", 4, 10, leftover=leftover) == replay(matches, "linear", 4, 10)
 
 

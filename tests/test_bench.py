@@ -202,10 +202,10 @@ def test_predict_prices_lookup_passes_of_trees_grafted_or_with_more_groups_than_
     as g=3 plus the backbone's extra tokens."""
     settings = bench.Settings(methods=(), k_list=(2,), tau_table_k=2, tau_trees=(3,))
     tree, grafted = acceptance.tree_key(2, 3), acceptance.graft_key(2, 3, settings.prompt_lookup_tokens)
-    at_root = [0, [0, True]]  # the tree accepts nothing; its path ends at t_0, which has a group
+    at_root = [0, [[0], True]]  # the tree accepts nothing; its path ends at t_0, which has a group
     results = [{"baseline": {"new_tokens": 9},
                 "draft_matches": {"sampler": [0] * 9, "lm_head": [0] * 9, tree: [at_root] * 9,
-                                  grafted: [at_root, [3, [5, False]]] + [at_root] * 7},
+                                  grafted: [at_root, [3, [[0, 5, 6, 7], False]]] + [at_root] * 7},
                 "lookup_matches": [(0, 0), (3, 3), (0, 0), (0, 0), (0, 0), (3, 3), (0, 0), (0, 0)]}]
     shape = lambda seconds, length: {"seconds": seconds, "input_length": length}  # noqa: E731
     steps = {"autoregressive": shape(0.1, 1), "draftless": shape(0.12, 3), "linear": shape(0.14, 5),
@@ -216,7 +216,8 @@ def test_predict_prices_lookup_passes_of_trees_grafted_or_with_more_groups_than_
     ranked = {(c["groups"], c["lookup"], c["tree_budget"]): c for c in bench.predict(results, curve, settings)
               if c["method"] == "quadratic"}
     # The tree's pass; the tree with 3 lookup drafts grafted on, accepting them along the lookup branch
-    # (ending at a node with no group: 12 tokens -> 15); then no masks, so a lookup chain: 3 drafts +
+    # (ending 3 past t_0, the one node of the path with a group: 12 tokens -> 15, past t_0's group's
+    # k = 2 masks); then no masks, so a lookup chain: 3 drafts +
     # 4 groups, 12 tokens, priced from g=3's 9.
     grafted_pass = 0.3 + (0.0775 - 0.07)
     lookup_pass = 0.2 + (0.07 - 0.0625)

@@ -37,11 +37,11 @@ def expected_regimes(passes: int, masks_faster: bool) -> list[bool]:
 @pytest.mark.parametrize("masks_faster", [True, False])
 def test_keeps_whichever_regime_produces_more_tokens_per_second(masks_faster: bool) -> None:
     rates = {True: 30.0, False: 20.0} if masks_faster else {True: 20.0, False: 30.0}
-    assert run(CostAware(Quadratic(1)), 200, rates) == expected_regimes(200, masks_faster)
+    assert run(CostAware(Quadratic(1, 3)), 200, rates) == expected_regimes(200, masks_faster)
 
 
 def test_a_switch_brings_probes_back_to_the_short_interval() -> None:
-    policy = CostAware(Quadratic(1))
+    policy = CostAware(Quadratic(1, 3))
     run(policy, CostAware.FIRST_PROBE + CostAware.PROBE, {True: 30.0, False: 20.0})
     assert policy.masks_on and policy.interval == 2 * CostAware.INTERVAL
     # The text changes: masks stop paying. The next probe switches off, and probes come sooner again.
@@ -51,7 +51,7 @@ def test_a_switch_brings_probes_back_to_the_short_interval() -> None:
 
 
 def test_passes_verifying_lookup_drafts_carry_no_group() -> None:
-    policy = CostAware(Quadratic(2))
+    policy = CostAware(Quadratic(2, 3))
     looked_up = Draft.chain([5, 6, 7], looked_up=True)
     assert policy.anchors(looked_up) == [] and policy.fed_masks  # counted as the "on" regime's pass
     assert policy.anchors(CHAIN) == [-1, 0]
@@ -59,7 +59,7 @@ def test_passes_verifying_lookup_drafts_carry_no_group() -> None:
 
 def test_a_regimes_first_pass_is_not_measured() -> None:
     """The pass after a switch carries drafts the other regime made: its tokens are not credited."""
-    policy = CostAware(Quadratic(1))
+    policy = CostAware(Quadratic(1, 3))
     run(policy, CostAware.FIRST_PROBE, {True: 30.0, False: 30.0})  # the prefill pass is not measured either
     assert len(policy.measured[True]) == CostAware.FIRST_PROBE - 1 and not policy.measured[False]
     run(policy, CostAware.PROBE, {True: 30.0, False: 30.0})
@@ -68,10 +68,11 @@ def test_a_regimes_first_pass_is_not_measured() -> None:
 
 
 def test_groups_follow_the_wrapped_policy_while_on() -> None:
-    policy = CostAware(Quadratic(2))
-    assert policy.anchors(CHAIN) == Quadratic(2).anchors(CHAIN) == [-1, 0]
-    for rank in range(4):
-        assert policy.keeps_group(PathEnd(rank, False)) == Quadratic(2).keeps_group(PathEnd(rank, False))
+    policy = CostAware(Quadratic(2, 3))
+    assert policy.anchors(CHAIN) == Quadratic(2, 3).anchors(CHAIN) == [-1, 0]
+    for accepted in range(4):
+        end = PathEnd.of_chain(accepted, 3)
+        assert policy.group_behind(end) == Quadratic(2, 3).group_behind(end) == max(accepted - 1, 0)
     policy.masks_on = False
     assert policy.anchors(CHAIN) == []
 

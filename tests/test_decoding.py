@@ -143,7 +143,9 @@ def test_leftover_masks_draft_where_no_group_survived() -> None:
     drafter.propose([7, 8], MaskGroup(hidden, torch.zeros(4, 5), bonus=8), greedy)  # fed after context [7, 8]
     drafter.propose([7, 8, 1, 2], None, greedy)  # 2 tokens verified since: masks 2, 3 guess what follows 2
     drafter.propose([7, 8, 1, 2, 3, 4, 5], None, greedy)  # 5 > k: nothing left
-    assert seen == [([0.0, 1.0, 2.0, 3.0], 8), ([2.0, 3.0], 2), None]
+    # A group the accepted path ran 2 tokens past (its bonus 3, then 4 and 5 verified): masks 2, 3.
+    drafter.propose([7, 8, 1, 2, 3, 4, 5], MaskGroup(hidden, torch.zeros(4, 5), bonus=3, behind=2), greedy)
+    assert seen == [([0.0, 1.0, 2.0, 3.0], 8), ([2.0, 3.0], 2), None, ([2.0, 3.0], 5)]
 
     model = tiny_mtp("qwen2", seed=4, lora_std=0.5)
     prompt = random_prompt(8, 6, 128)
@@ -151,9 +153,10 @@ def test_leftover_masks_draft_where_no_group_survived() -> None:
     trace = generate(model, prompt, method="quadratic", k=4, groups=1, max_new_tokens=40,
                      drafter=LeftoverMasks(oracle(prompt + reference, 4, correct=1)))
     assert trace.token_ids == reference
-    # One right draft, then a wrong one: no group survives; masks 2, 3 of the group draft the next
-    # pass, which accepts one of them too: shift 4 = k, no masks left, so a draftless pass follows.
-    assert [len(s.drafts) for s in trace.steps[1:7]] == [4, 2, 0, 4, 2, 0]
+    # One right draft, then a wrong one: the path ends past t_0, the one node with a group, so that
+    # group's masks past the one token verified beyond its bonus draft the next pass (3 drafts),
+    # which again accepts one, and so on: never a draftless pass.
+    assert [len(s.drafts) for s in trace.steps[1:7]] == [4, 3, 3, 3, 3, 3]
 
 
 def test_eos_max_new_tokens_and_chunks() -> None:

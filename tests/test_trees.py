@@ -54,21 +54,31 @@ def test_chain_parents_give_the_causal_layout():
 # -- drafts and policies -------------------------------------------------------------------------
 def test_group_order_and_policies():
     chain = Draft.chain([7, 8, 9])
-    assert chain.group_order() == [-1, 0, 1, 2] and chain.main_leaf() == 2
-    assert Quadratic(2).anchors(chain) == [-1, 0] and Linear().anchors(chain) == [2]
-    assert Linear().anchors(Draft()) == [-1] and Quadratic(3).anchors(Draft()) == [-1]
+    assert chain.group_order(2) == [-1, 0, 1, 2] and chain.main_leaf() == 2
+    assert Quadratic(2, 2).anchors(chain) == [-1, 0] and Linear().anchors(chain) == [2]
+    assert Linear().anchors(Draft()) == [-1] and Quadratic(3, 2).anchors(Draft()) == [-1]
     # Root children a (0.6) and b (0.3); a's child c (0.6 * 0.5). End probabilities: root 0.1,
-    # a 0.3, b 0.3, c 0.3 -> ties broken by node index.
+    # a 0.3, b 0.3, c 0.3.
     tree = Draft([1, 2, 3], [-1, -1, 0], None, [0.6, 0.3, 0.3])
-    assert tree.group_order() == [0, 1, 2, -1]
+    # k = 1: a group only serves a path that ends at its node: by end probability, ties by index.
+    assert tree.group_order(1) == [0, 1, 2, -1]
+    # k = 2: a group also serves a path one node past it, with one mask left: a 0.3*2 + c 0.3 = 0.9,
+    # root 0.1*2 + a 0.3 + b 0.3 = 0.8 (c is two past it), b 0.6, c 0.6.
+    assert tree.group_order(2) == [0, -1, 1, 2]
     assert tree.main_leaf() == 2 and tree.depths() == [1, 1, 2]
     assert tree.children() == {-1: [0, 1], 0: [2], 1: [], 2: []}
-    assert Quadratic(2).anchors(tree) == [0, 1] and Linear().anchors(tree) == [2]
-    assert PathEnd.of(tree, 1) == PathEnd(1, False) and PathEnd.of(tree, 2) == PathEnd(2, True)
+    assert Quadratic(2, 2).anchors(tree) == [0, -1] and Linear().anchors(tree) == [2]
+    to_b, to_c = PathEnd.of(tree, [1], 2), PathEnd.of(tree, [0, 2], 2)
+    assert to_b == PathEnd((1, 2), False) and to_c == PathEnd((1, 0, 3), True)
+    # The freshest group on the path: a's (1 token past its bonus c), the root's (1 past b), none.
+    assert Quadratic(2, 2).group_behind(to_c) == 1 and Quadratic(2, 2).group_behind(to_b) == 1
+    assert Quadratic(1, 2).group_behind(to_b) is None and Quadratic(None, 2).group_behind(to_c) == 0
+    assert Linear().group_behind(to_c) == 0 and Linear().group_behind(to_b) is None
     for accepted in range(4):
-        assert PathEnd.of(chain, accepted - 1) == PathEnd.of_chain(accepted, 3)
-    assert tree_match(tree, [1, 3, 5]) == (2, PathEnd.of(tree, 2))
-    assert tree_match(tree, [2, 3]) == (1, PathEnd.of(tree, 1)) and tree_match(tree, [4]) == (0, PathEnd.of(tree, -1))
+        assert PathEnd.of(chain, list(range(accepted)), 2) == PathEnd.of_chain(accepted, 3)
+        assert Quadratic(2, 2).group_behind(PathEnd.of_chain(accepted, 3)) == max(accepted - 1, 0)
+    assert tree_match(tree, [1, 3, 5], 2) == (2, to_c)
+    assert tree_match(tree, [2, 3], 2) == (1, to_b) and tree_match(tree, [4], 2) == (0, PathEnd.of(tree, [], 2))
 
 
 def _group(model, seed: int) -> MaskGroup:
@@ -237,7 +247,7 @@ def test_grafted_draft_is_a_trie_over_the_tree_and_the_chain() -> None:
     assert grown.tokens == [7, 9, 8, 4, 5] and grown.parents == [-1, -1, 0, 2, 3]
     assert grown.scores == [0.6, 0.2, 0.3, 0.0, 0.0] and grown.looked_up
     assert grown.follow([7, 8, 4, 5, 1]) == [0, 2, 3, 4] and grown.follow([9, 3]) == [1]
-    assert grown.group_order()[:4] == tree.group_order()  # the drafter's own nodes come first
+    assert grown.group_order(4)[:4] == tree.group_order(4)  # the drafter's own nodes come first
     assert tree.grafted([5]).parents == [-1, -1, 0, -1] and tree.tokens == [7, 9, 8]  # the tree is not changed
     for sampled_or_unscored in (Draft.chain([1, 2], torch.tensor([[0.5, 0.5], [0.5, 0.5]])), Draft.chain([1, 2])):
         with pytest.raises(ValueError, match="deterministic, scored draft tree"):

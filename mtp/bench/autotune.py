@@ -45,8 +45,8 @@ def _median_seconds(fn, repeats: int, device: torch.device) -> float:
 
 def _step_shapes(k: int) -> dict[str, tuple[int, Policy]]:
     """Name -> (chain drafts fed, policy) of the chain passes decoding makes (see decoding.verify)."""
-    shapes = {"autoregressive": (0, Autoregressive()), "draftless": (0, Quadratic(1)), "linear": (k, Linear())}
-    shapes.update({f"quadratic g={g}": (k, Quadratic(g)) for g in range(1, k + 2)})
+    shapes = {"autoregressive": (0, Autoregressive()), "draftless": (0, Quadratic(1, k)), "linear": (k, Linear())}
+    shapes.update({f"quadratic g={g}": (k, Quadratic(g, k)) for g in range(1, k + 2)})
     return shapes
 
 
@@ -114,7 +114,7 @@ def cost_curve(model: MTPModel, k_list: tuple[int, ...], cache_tokens: int = 200
             tree_drafting[k][str(budget)] = _median_seconds(
                 lambda budget=budget, group=group: mask_tree(model, group, budget, use_sampler=use_sampler), repeats, device)
             for groups in TREE_GROUPS:
-                anchors = Quadratic(groups).anchors(tree)
+                anchors = Quadratic(groups, k).anchors(tree)
                 steps[k][tree_shape(budget, groups)] = {"input_length": 1 + budget + len(anchors) * k,
                                                         "seconds": timed_pass(tree, anchors, k)}
     return {"cache_tokens": cache_tokens, "repeats": repeats, "use_sampler": use_sampler,
