@@ -324,7 +324,9 @@ class LeftoverMasks:
         if (group is None or group.behind) and self.newest is not None:
             newest, fed_at = self.newest
             shift = len(context) - fed_at  # tokens verified since its bonus; its mask `shift` guesses the next
-            group = MaskGroup(newest.hidden[shift:], newest.logits[shift:], context[-1]) if shift < len(newest.hidden) else None
+            group = None
+            if shift < len(newest.hidden):
+                group = MaskGroup(newest.hidden[shift:], newest.logits[shift:], context[-1])
         return self.drafter.propose(context, group, sampling)
 
 
