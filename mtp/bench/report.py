@@ -153,8 +153,9 @@ def _tau_table_markdown(summary: dict, settings: dict) -> list[str]:
         for method in DRAFTING_METHODS:
             ks_tree = list(summary["all"]["tau_table"]["trees"][name][method])
             rows = [[d] + [_fmt(summary[d]["tau_table"]["trees"][name][method][k]) for k in ks_tree] for d in domains]
-            parts += ["", f"**{method}, sampler draft {name} nodes (groups k+1 after the nodes most likely to end "
-                          "the accepted path)**", "", _table(["domain"] + [f"k={k}" for k in ks_tree], rows)]
+            groups = "k+1 groups first in the tree's group order" if method == "quadratic" else "one group"
+            parts += ["", f"**{method}, sampler draft {name} nodes ({groups}, docs/design.md §7)**", "",
+                      _table(["domain"] + [f"k={k}" for k in ks_tree], rows)]
     for name, by_k in summary["all"]["tau_table"].get("tree_groups", {}).items():
         for k, by_groups in by_k.items():
             counts = list(by_groups)
