@@ -189,9 +189,10 @@ def replay(matches: Sequence[int | TreeMatch], method: str, k: int, new_tokens: 
     output, for decoding with prompt-lookup drafts. leftover: draft_matches' leftover entries of the
     same drafter (leftover_key): quadratic decoding drafts from the newest group's leftover masks
     where the path ran past its node (drafting.LeftoverMasks); without them (results measured
-    before leftover masks existed) this replays a draftless pass there. grafted: matches and leftover are a tree's
-    graft_key entries, so where lookup proposes and the masks have a draft, the pass verifies both
-    (drafting.PromptLookup with graft); elsewhere lookup drafts replace the masks' ones.
+    before leftover masks existed) this replays a draftless pass there. grafted: matches and
+    leftover are a tree's graft_key entries, so where lookup proposes and the masks have a draft,
+    the pass verifies both (drafting.PromptLookup with graft); elsewhere lookup drafts replace the
+    masks' ones.
     """
     if method not in DRAFTING_METHODS:
         raise ValueError(f"replay covers linear and quadratic decoding, not {method!r}")

@@ -27,7 +27,7 @@ from .adapter import MTPModel
 from .drafting import Draft, Drafter, LeftoverMasks, MaskChain, MaskGroup, MaskTree, PromptLookup
 from .kv_cache import decoding_cache, keep_in_cache
 from .layouts import chain_parents, group_rows, step_layout
-from .methods import CostAware, policy
+from .methods import CostAware, Policy, policy
 from .options import OptionError, check_decoding
 from .sampling import Sampling
 from .trace import Step, Trace
@@ -165,16 +165,16 @@ class StopCriteria:
         return reason
 
 
-def default_drafter(model: MTPModel, *, method: str, use_sampler: bool = True, lookup: int = 0,
+def default_drafter(model: MTPModel, verification: Policy | CostAware, *, use_sampler: bool = True, lookup: int = 0,
                     tree_budget: int = 0) -> Drafter | None:
-    """The drafter a method uses: none (autoregressive), the masks' chain or tree, prompt lookup first
-    (replacing a chain, grafted onto a tree), and for quadratic the newest group's leftover masks
-    where no group survived (mtp.methods)."""
-    if method == "autoregressive":
+    """The drafter a verification policy uses: none (autoregressive), the masks' chain or tree, prompt
+    lookup first (replacing a chain, grafted onto a tree), and, where the policy drafts from them
+    (quadratic), the leftover masks of the freshest group on or before the accepted path."""
+    if verification.name == "autoregressive":
         return None
     masks = MaskTree(model, tree_budget, use_sampler=use_sampler) if tree_budget else MaskChain(model, use_sampler)
     drafter = PromptLookup(lookup, masks, graft=bool(tree_budget)) if lookup else masks
-    return LeftoverMasks(drafter) if policy(method).drafts_from_leftover_masks else drafter
+    return LeftoverMasks(drafter) if verification.drafts_from_leftover_masks else drafter
 
 
 @torch.inference_mode()
@@ -231,7 +231,7 @@ def generate(
     if cost_aware and method != "autoregressive":
         verification = adaptive = CostAware(verification)
     if drafter is None:
-        drafter = default_drafter(model, method=method, use_sampler=use_sampler, lookup=lookup, tree_budget=tree_budget)
+        drafter = default_drafter(model, verification, use_sampler=use_sampler, lookup=lookup, tree_budget=tree_budget)
     trace = Trace(method=method, k=0 if method == "autoregressive" else k, prompt_ids=list(prompt_ids),
                   temperature=temperature, tree_budget=tree_budget)
     cache, cached = decoding_cache(model.base.config), 0

@@ -159,8 +159,8 @@ class CostAware:
             self.masks_on, self.unmeasured = masks_on, True
 
 
-def policy(method: str, groups: int | None = None, k: int = 1) -> Policy:
-    """The policy of a method name (groups, k: quadratic only; groups None = a group after every node)."""
+def policy(method: str, groups: int | None, k: int) -> Policy:
+    """The policy of a method name (groups of k masks: quadratic only; groups None = a group after every node)."""
     if method == "quadratic":
         return Quadratic(groups, k)
     return Linear() if method == "linear" else Autoregressive()
