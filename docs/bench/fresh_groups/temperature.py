@@ -1,0 +1,32 @@
+"""Replayed τ on held-out prompts with a temperature T on the tree's draft probabilities: the sampler's
+logits over each mask's candidates are divided by T before the softmax that scores (ranks) tree nodes.
+Drafting only: outputs are unchanged. Held-out distilled prompts (12 math, 12 code, 12 chat),
+`generate`'s 128 greedy tokens, quadratic, shipped checkpoint, no prompt lookup.
+
+    PYTHONPATH=. python docs/bench/fresh_groups/temperature.py 0.7,1.0,1.4,2.0
+"""
+import sys, torch
+import mtp.acceptance as A
+from mtp.api import load_mtp
+from mtp.data import read_prompts
+from mtp.models import encode_prompt
+torch.set_num_threads(2)
+model, tok = load_mtp()
+orig = model.lm_logits_at
+rows = read_prompts("assets/distilled/smollm2_val_48.jsonl.gz")
+temps = [float(t) for t in sys.argv[1].split(",")]
+configs = (((4, 8), 1), ((4, 8), 2), ((8, 64), 9))
+for domain, part in (("math", slice(0, 12)), ("code", slice(16, 28)), ("chat", slice(32, 44))):
+    res = {}
+    for r in rows[part]:
+        ids = encode_prompt(tok, r.prompt)
+        with torch.inference_mode():
+            out = model.base.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=128, pad_token_id=0)[0, len(ids):].tolist()
+        for T in temps:
+            model.lm_logits_at = (lambda head, c, T=T: orig(head, c) / T)
+            m = A.draft_matches(model, ids + out, len(ids), trees=[(8, 64), (4, 8)])
+            for (k, b), g in configs:
+                key = A.tree_key(k, b)
+                p = len(A.replay(m[key], "quadratic", k, len(out), g, leftover=m[A.leftover_key(key)]))
+                res.setdefault((k, b, g, T), [0, 0]); res[(k, b, g, T)][0] += len(out); res[(k, b, g, T)][1] += p
+    print(domain, " | ".join(f"k{k} B{b} G{g} T{T}: {t/p:.3f}" for (k, b, g, T), (t, p) in sorted(res.items())), flush=True)
