@@ -5,11 +5,15 @@ Drafting only: outputs are unchanged. Held-out distilled prompts (12 math, 12 co
 
     PYTHONPATH=. python docs/bench/fresh_groups/temperature.py 0.7,1.0,1.4,2.0
 """
-import sys, torch
+import sys
+
+import torch
+
 import mtp.acceptance as A
 from mtp.api import load_mtp
 from mtp.data import read_prompts
 from mtp.models import encode_prompt
+
 torch.set_num_threads(2)
 model, tok = load_mtp()
 orig = model.lm_logits_at
@@ -23,6 +27,7 @@ for domain, part in (("math", slice(0, 12)), ("code", slice(16, 28)), ("chat", s
         with torch.inference_mode():
             out = model.base.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=128, pad_token_id=0)[0, len(ids):].tolist()
         for T in temps:
+            # Ranking only: mask_trees scores nodes by softmax(lm_logits_at(...)); chains take the argmax.
             model.lm_logits_at = (lambda head, c, T=T: orig(head, c) / T)
             m = A.draft_matches(model, ids + out, len(ids), trees=[(8, 64), (4, 8)])
             for (k, b), g in configs:
