@@ -15,16 +15,20 @@ from mtp.models import encode_prompt
 torch.set_num_threads(2)
 model, tok = load_mtp()
 rows = read_prompts("assets/distilled/smollm2_val_48.jsonl.gz")
+configs = (((8, 64), 1), ((8, 64), 9), ((8, 64), 18), ((4, 8), 1), ((4, 8), 2))
 for domain, part in (("math", slice(0, 12)), ("code", slice(16, 28)), ("chat", slice(32, 44))):
-    res = {}
+    matches, new_tokens = {"before": [], "now": []}, []
     for r in rows[part]:
         ids = encode_prompt(tok, r.prompt)
         with torch.inference_mode():
             out = model.base.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=128, pad_token_id=0)[0, len(ids):].tolist()
+        new_tokens.append(len(out))
         for name, A in (("before", OA), ("now", NA)):
-            m = A.draft_matches(model, ids + out, len(ids), trees=[(8, 64), (4, 8)])
-            for (k, b), groups in (((8, 64), 1), ((8, 64), 9), ((8, 64), 18), ((4, 8), 1), ((4, 8), 2)):
-                key = A.tree_key(k, b)
-                p = len(A.replay(m[key], "quadratic", k, len(out), groups, leftover=m[A.leftover_key(key)]))
-                res.setdefault((name, k, b, groups), [0, 0]); res[(name, k, b, groups)][0] += len(out); res[(name, k, b, groups)][1] += p
-    print(domain, " | ".join(f"{n} k{k} B{b} G{g}: {t/p:.2f}" for (n, k, b, g), (t, p) in sorted(res.items(), key=lambda x: (x[0][1:], x[0][0]))), flush=True)
+            matches[name].append(A.draft_matches(model, ids + out, len(ids), trees=[(8, 64), (4, 8)]))
+    tau = {}
+    for name, A in (("before", OA), ("now", NA)):
+        for (k, b), g in configs:
+            key = A.tree_key(k, b)
+            tau[(name, k, b, g)] = A.tokens_per_step([m[key] for m in matches[name]], new_tokens, "quadratic", k, g,
+                                                     leftover=[m[A.leftover_key(key)] for m in matches[name]])
+    print(domain, " | ".join(f"{n} k{k} B{b} G{g}: {t:.2f}" for (n, k, b, g), t in sorted(tau.items(), key=lambda x: (x[0][1:], x[0][0]))), flush=True)
