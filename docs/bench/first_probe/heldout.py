@@ -1,0 +1,106 @@
+"""CostAware's constants re-checked with the tree default (issue 19): held-out distilled prompts
+(16 math, 16 code, 16 chat), 128 new tokens, shipped checkpoint, quadratic k = 4, 1 group, lookup 10;
+the previous default (the chain, not cost-aware) and the 8-node tree with CostAware variants, per
+prompt all runs in alternating order in one process; outputs must be identical.
+
+    PYTHONPATH=. python docs/bench/first_probe/heldout.py lookup   # lookup passes (heldout_lookup.txt)
+    PYTHONPATH=. python docs/bench/first_probe/heldout.py 1        # round 1 (heldout_round1.txt)
+    PYTHONPATH=. python docs/bench/first_probe/heldout.py 2        # round 2 (heldout_round2.txt)
+
+A variant is a CostAware subclass with other constants (margin: the masks' measured tokens/s
+multiplied by it before the regimes are compared, a bias toward masks; groups_on_grafted: a pass
+verifying lookup drafts grafted onto the masks' tree carries the policy's group, only a pure lookup
+chain goes without), and optionally another drafter; `generate` builds its CostAware from
+mtp.decoding's name, so the script swaps that name before each run. Ratios are to the first run.
+"""
+import sys
+import time
+
+import torch
+
+import mtp.decoding
+from mtp.api import load_mtp
+from mtp.data import read_prompts
+from mtp.decoding import generate
+from mtp.drafting import Draft, Drafter, LeftoverMasks, MaskGroup, MaskTree, PromptLookup, lookup_drafts
+from mtp.methods import CostAware
+from mtp.models import encode_prompt
+from mtp.sampling import Sampling
+
+
+def variant(interval: int, probe: int, window: int, first_probe: int, margin: float = 1.0,
+            groups_on_grafted: bool = False) -> type[CostAware]:
+    class Variant(CostAware):
+        INTERVAL, PROBE, WINDOW, FIRST_PROBE = interval, probe, window, first_probe
+
+        def tokens_per_second(self, masks_on: bool) -> float | None:
+            value = super().tokens_per_second(masks_on)
+            return value * margin if value is not None and masks_on else value
+
+        def anchors(self, draft: Draft) -> list[int]:
+            if not (groups_on_grafted and draft.looked_up and not draft.is_chain):
+                return super().anchors(draft)
+            self.fed_masks = self.masks_on
+            return self.inner.anchors(draft) if self.masks_on else []
+    return Variant
+
+
+class SmallerTreeWithLookup(PromptLookup):
+    """Where lookup drafts exist, graft them onto a 4-node tree instead of the 8-node one."""
+
+    def propose(self, context: list[int], group: MaskGroup | None, sampling: Sampling) -> Draft:
+        found = lookup_drafts(context, self.max_drafts)
+        if found and group is not None:
+            masks = MaskTree(model, 4).propose(context, group, sampling)
+            if masks.tokens:
+                return masks.grafted(found)
+        return super().propose(context, group, sampling)
+
+
+def smaller_tree_with_lookup() -> Drafter:
+    return LeftoverMasks(SmallerTreeWithLookup(10, MaskTree(model, 8), graft=True))
+
+
+ROUNDS = {  # name -> (CostAware variant or None: not cost-aware, tree budget, drafter factory or None: the default's)
+    "lookup": {"now": (variant(16, 6, 16, 6), 8, None),
+               "groups on grafted": (variant(16, 6, 16, 6, groups_on_grafted=True), 8, None),
+               "tree 4 with lookup": (variant(16, 6, 16, 6), 8, smaller_tree_with_lookup)},
+    "1": {"chain": (None, 0, None), "tree no-CA": (None, 8, None), "CA 16,6,16,6": (variant(16, 6, 16, 6), 8, None),
+          "CA first 12": (variant(16, 6, 16, 12), 8, None), "CA probe 4": (variant(16, 4, 16, 6), 8, None),
+          "CA margin 1.1": (variant(16, 6, 16, 6, 1.1), 8, None)},
+    "2": {"chain": (None, 0, None), "CA first 6": (variant(16, 6, 16, 6), 8, None),
+          "CA first 12": (variant(16, 6, 16, 12), 8, None), "CA first 16": (variant(16, 6, 16, 16), 8, None),
+          "CA first 24": (variant(16, 6, 16, 24), 8, None)},
+}
+variants = ROUNDS[sys.argv[1]]
+names = list(variants)
+torch.set_num_threads(2)
+model, tokenizer = load_mtp()
+rows = read_prompts("assets/distilled/smollm2_val_48.jsonl.gz")
+base = dict(method="quadratic", k=4, groups=1, lookup=10, max_new_tokens=128, eos_token_ids=[tokenizer.eos_token_id])
+generate(model, encode_prompt(tokenizer, rows[0].prompt), tree_budget=8, **base)  # warm-up
+total = {name: [0.0, 0] for name in names}
+for domain, part in (("math", slice(0, 16)), ("code", slice(16, 32)), ("chat", slice(32, 48))):
+    seconds, tokens, passes = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0), dict.fromkeys(names, 0)
+    for i, row in enumerate(rows[part]):
+        ids = encode_prompt(tokenizer, row.prompt)
+        outputs = {}
+        for name in names if i % 2 == 0 else names[::-1]:
+            cost_aware, budget, drafter = variants[name]
+            if cost_aware is not None:
+                mtp.decoding.CostAware = cost_aware
+            start = time.perf_counter()
+            trace = generate(model, ids, tree_budget=budget, cost_aware=cost_aware is not None,
+                             drafter=drafter() if drafter else None, **base)
+            seconds[name] += time.perf_counter() - start
+            tokens[name] += len(trace.token_ids)
+            passes[name] += trace.forward_passes
+            outputs[name] = trace.token_ids
+        assert all(output == outputs[names[0]] for output in outputs.values()), (domain, i)
+    for name in names:
+        total[name][0] += seconds[name]
+        total[name][1] += tokens[name]
+    speed = {name: tokens[name] / seconds[name] for name in names}
+    print(f"{domain}: " + " | ".join(f"{name} {speed[name]:.2f} ({speed[name] / speed[names[0]]:.3f}x {names[0]}) "
+                                     f"tau {tokens[name] / passes[name]:.2f}" for name in names), flush=True)
+print("all: " + " | ".join(f"{name} {total[name][1] / total[name][0]:.2f}" for name in names), flush=True)
