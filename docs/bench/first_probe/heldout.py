@@ -13,6 +13,7 @@ verifying lookup drafts grafted onto the masks' tree carries the policy's group,
 chain goes without), and optionally another drafter; `generate` builds its CostAware from
 mtp.decoding's name, so the script swaps that name before each run. Ratios are to the first run.
 """
+import dataclasses
 import sys
 import time
 
@@ -38,27 +39,30 @@ def variant(interval: int, probe: int, window: int, first_probe: int, margin: fl
             return value * margin if value is not None and masks_on else value
 
         def anchors(self, draft: Draft) -> list[int]:
-            if not (groups_on_grafted and draft.looked_up and not draft.is_chain):
-                return super().anchors(draft)
-            self.fed_masks = self.masks_on
-            return self.inner.anchors(draft) if self.masks_on else []
+            if groups_on_grafted and not draft.is_chain:  # CostAware then treats a grafted tree as the masks' own
+                draft = dataclasses.replace(draft, looked_up=False)
+            return super().anchors(draft)
     return Variant
 
 
 class SmallerTreeWithLookup(PromptLookup):
-    """Where lookup drafts exist, graft them onto a 4-node tree instead of the 8-node one."""
+    """Where lookup drafts exist, graft them onto `under_lookup`'s tree instead of the fallback's."""
+
+    def __init__(self, max_drafts: int, fallback: Drafter, under_lookup: Drafter) -> None:
+        super().__init__(max_drafts, fallback, graft=True)
+        self.under_lookup = under_lookup
 
     def propose(self, context: list[int], group: MaskGroup | None, sampling: Sampling) -> Draft:
         found = lookup_drafts(context, self.max_drafts)
         if found and group is not None:
-            masks = MaskTree(model, 4).propose(context, group, sampling)
+            masks = self.under_lookup.propose(context, group, sampling)
             if masks.tokens:
                 return masks.grafted(found)
         return super().propose(context, group, sampling)
 
 
 def smaller_tree_with_lookup() -> Drafter:
-    return LeftoverMasks(SmallerTreeWithLookup(10, MaskTree(model, 8), graft=True))
+    return LeftoverMasks(SmallerTreeWithLookup(10, MaskTree(model, 8), MaskTree(model, 4)))
 
 
 ROUNDS = {  # name -> (CostAware variant or None: not cost-aware, tree budget, drafter factory or None: the default's)
