@@ -10,7 +10,6 @@ in alternating order in one process; outputs must be identical.
     PYTHONPATH=. python docs/bench/lookup_tree/heldout.py 2 > docs/bench/lookup_tree/heldout_round2.txt
 """
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -21,9 +20,12 @@ from mtp.decoding import generate
 from mtp.drafting import Draft, Drafter, LeftoverMasks, MaskGroup, MaskTree, PromptLookup
 from mtp.models import encode_prompt
 from mtp.sampling import Sampling
+from mtp.trace import Trace
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
 from branches import continuations  # noqa: E402
+from side_by_side import HELDOUT, Tally, report  # noqa: E402
 
 
 class BranchedLookup(PromptLookup):
@@ -58,32 +60,20 @@ VARIANTS = ROUNDS[sys.argv[1]]
 names = list(VARIANTS)
 torch.set_num_threads(2)
 model, tokenizer = load_mtp()
-rows = read_prompts("assets/distilled/smollm2_val_48.jsonl.gz")
 base = dict(method="quadratic", k=4, groups=1, lookup=10, max_new_tokens=128, eos_token_ids=[tokenizer.eos_token_id])
-generate(model, encode_prompt(tokenizer, rows[0].prompt), tree_budget=8, **base)  # warm-up
-total = {name: [0.0, 0] for name in names}
-for domain, part in (("math", slice(0, 16)), ("code", slice(16, 32)), ("chat", slice(32, 48))):
-    seconds, tokens, passes, fed = (dict.fromkeys(names, 0.0), dict.fromkeys(names, 0), dict.fromkeys(names, 0),
-                                    dict.fromkeys(names, 0))
-    for i, row in enumerate(rows[part]):
-        ids = encode_prompt(tokenizer, row.prompt)
-        outputs = {}
-        for name in names if i % 2 == 0 else names[::-1]:
-            budget, cost_aware, drafter = VARIANTS[name]
-            start = time.perf_counter()
-            trace = generate(model, ids, tree_budget=budget, cost_aware=cost_aware,
-                             drafter=drafter() if drafter else None, **base)
-            seconds[name] += time.perf_counter() - start
-            tokens[name] += len(trace.token_ids)
-            passes[name] += trace.forward_passes
-            fed[name] += sum(step.input_length for step in trace.steps[1:])
-            outputs[name] = trace.token_ids
-        assert all(output == outputs[names[0]] for output in outputs.values()), (domain, i)
-    for name in names:
-        total[name][0] += seconds[name]
-        total[name][1] += tokens[name]
-    speed = {name: tokens[name] / seconds[name] for name in names}
-    print(f"{domain}: " + " | ".join(
-        f"{name} {speed[name]:.2f} ({speed[name] / speed[names[0]]:.3f}x, {speed[name] / speed['default']:.3f}x default) "
-        f"tau {tokens[name] / passes[name]:.2f} fed {fed[name] / (passes[name] - 1):.1f}" for name in names), flush=True)
-print("all: " + " | ".join(f"{name} {total[name][1] / total[name][0]:.2f}" for name in names), flush=True)
+generate(model, encode_prompt(tokenizer, read_prompts(HELDOUT)[0].prompt), tree_budget=8, **base)  # warm-up
+
+
+def decode(name: str, ids: list[int]) -> Trace:
+    budget, cost_aware, drafter = VARIANTS[name]
+    return generate(model, ids, tree_budget=budget, cost_aware=cost_aware, drafter=drafter() if drafter else None,
+                    **base)
+
+
+def entry(name: str, tallies: dict[str, Tally]) -> str:
+    tally = tallies[name]
+    return (f"{name} {tally.speed:.2f} ({tally.speed / tallies[names[0]].speed:.3f}x, "
+            f"{tally.speed / tallies['default'].speed:.3f}x default) tau {tally.tau:.2f} fed {tally.fed_per_pass:.1f}")
+
+
+report(names, decode, tokenizer, entry)

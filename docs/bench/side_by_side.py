@@ -1,0 +1,82 @@
+"""Decoding variants side by side on the 48 held-out distilled prompts (16 math, 16 code, 16 chat;
+never the eval sets), as issue 19's held-out A/B scripts run them: per prompt every variant in turn,
+the order reversed on every other prompt, all in one process, outputs asserted identical.
+Used by first_probe/, tree_k3/ and lookup_tree/heldout.py.
+"""
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from transformers import PreTrainedTokenizerBase
+
+from mtp.data import read_prompts
+from mtp.models import encode_prompt
+from mtp.trace import Trace
+
+HELDOUT = "assets/distilled/smollm2_val_48.jsonl.gz"
+DOMAINS = (("math", slice(0, 16)), ("code", slice(16, 32)), ("chat", slice(32, 48)))
+
+
+@dataclass
+class Tally:
+    """One variant's decoded runs summed: wall time, new tokens, forward passes, and the tokens fed
+    to the passes after each prefill (`fed_passes` of them)."""
+
+    seconds: float = 0.0
+    tokens: int = 0
+    passes: int = 0
+    fed: int = 0
+    fed_passes: int = 0
+
+    def add(self, trace: Trace, seconds: float) -> None:
+        self.seconds += seconds
+        self.tokens += len(trace.token_ids)
+        self.passes += trace.forward_passes
+        self.fed += sum(step.input_length for step in trace.steps[1:])
+        self.fed_passes += len(trace.steps) - 1
+
+    def merge(self, other: "Tally") -> None:
+        for name in ("seconds", "tokens", "passes", "fed", "fed_passes"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def speed(self) -> float:
+        return self.tokens / self.seconds
+
+    @property
+    def tau(self) -> float:
+        return self.tokens / self.passes
+
+    @property
+    def fed_per_pass(self) -> float:
+        return self.fed / self.fed_passes
+
+
+def side_by_side(names: list[str], decode: Callable[[str, list[int]], Trace],
+                 tokenizer: PreTrainedTokenizerBase) -> Iterator[tuple[str, dict[str, Tally]]]:
+    """(domain, each variant's Tally) per domain; decode(name, prompt ids) runs variant `name`."""
+    rows = read_prompts(HELDOUT)
+    for domain, part in DOMAINS:
+        tallies = {name: Tally() for name in names}
+        for i, row in enumerate(rows[part]):
+            ids = encode_prompt(tokenizer, row.prompt)
+            outputs = {}
+            for name in names if i % 2 == 0 else names[::-1]:
+                start = time.perf_counter()
+                trace = decode(name, ids)
+                tallies[name].add(trace, time.perf_counter() - start)
+                outputs[name] = trace.token_ids
+            assert all(output == outputs[names[0]] for output in outputs.values()), (domain, i)
+        yield domain, tallies
+
+
+def report(names: list[str], decode: Callable[[str, list[int]], Trace], tokenizer: PreTrainedTokenizerBase,
+           entry: Callable[[str, dict[str, Tally]], str]) -> None:
+    """Run side_by_side and print a line per domain (entry(name, that domain's tallies) per variant),
+    then each variant's tokens/s over all prompts."""
+    total = {name: Tally() for name in names}
+    for domain, tallies in side_by_side(names, decode, tokenizer):
+        print(f"{domain}: " + " | ".join(entry(name, tallies) for name in names), flush=True)
+        for name, tally in tallies.items():
+            total[name].merge(tally)
+    print("all: " + " | ".join(f"{name} {total[name].speed:.2f}" for name in names), flush=True)
