@@ -55,6 +55,30 @@ def test_local_directory_source(tmp_path):
     assert name == "tiny" and location == str(tmp_path / "tiny")
 
 
+def test_loaded_weights_are_the_process_own_not_the_mapped_file(smollm2, tmp_path):
+    """from_pretrained leaves safetensors weights memory-mapped; load_model copies them (faster to read),
+    keeping tied weights tied: the loaded model no longer depends on the file."""
+    torch.manual_seed(0)
+    base = tiny_model("llama")
+    base.config.tie_word_embeddings = True
+    base.tie_weights()
+    base.save_pretrained(tmp_path / "tiny")
+    smollm2.tokenizer.save_pretrained(tmp_path / "tiny")
+    loaded = load_model(str(tmp_path / "tiny"), cpu_linear="torch").model
+    weights = tmp_path / "tiny" / "model.safetensors"
+    assert str(weights) not in open("/proc/self/maps").read()
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    ids = torch.tensor([[1, 5, 9, 3]])
+    with torch.inference_mode():
+        before = loaded(ids).logits
+        assert torch.equal(before, base(ids).logits)
+        with open(weights, "r+b") as file:  # rewrite the file under the loaded model: a mapping would see it
+            size = file.seek(0, 2)
+            file.seek(size // 2)
+            file.write(bytes(size - size // 2))
+        assert torch.equal(loaded(ids).logits, before)
+
+
 def test_hub_id_is_passed_through():
     assert models.resolve_source("HuggingFaceTB/SmolLM2-135M-Instruct") == (
         "HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
