@@ -364,8 +364,9 @@ def own_cpu_tensors(model: nn.Module) -> int:
 
     Why: from_pretrained leaves safetensors weights in a memory-mapped file, and reading them from
     there is slower: a 1-token SmolLM2 pass (torch's matrix-vector kernel on the plain weights) took
-    52 ms against 34.5 ms with the same weights copied, with the copies' alignment kept the same
-    (Intel Xeon, 2 threads; docs/bench/owned_weights). Tensors that shared memory (tied weights) still do.
+    5-50 % longer than with the same weights copied at the same alignment, varying through a day
+    (52 ms against 34.5 ms at worst; Intel Xeon, 2 threads; docs/bench/owned_weights). And a rewrite
+    of the file no longer changes a loaded model. Tensors that shared memory (tied weights) still do.
     """
     copies: dict[tuple, torch.Tensor] = {}
     copied = 0
