@@ -224,13 +224,17 @@ class OneDnnLinear(nn.Linear):
         # Grad mode always takes torch's kernel, whatever needs a gradient: one pass never mixes kernels.
         if not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32:
             if x.numel() != x.shape[-1]:
-                siblings = self.__dict__.get("_siblings")
-                if siblings is not None:
-                    return siblings.output(self, x)
-                return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "")
+                return self.packed_output(x)
             if one_row_uses_onednn():
                 return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return super().forward(x)
+
+    def packed_output(self, x: torch.Tensor) -> torch.Tensor:
+        """oneDNN's matmul on the packed weight (one for all siblings when grouped): the 2+ row path."""
+        siblings = self.__dict__.get("_siblings")
+        if siblings is not None:
+            return siblings.output(self, x)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "")
 
     def packed_weight(self) -> torch.Tensor:
         """oneDNN's packed copy of the weight, re-packed whenever the weight changed (in place or swapped)."""
@@ -359,17 +363,16 @@ def cpu_linear_of(model: nn.Module) -> str:
     return "onednn" if any(type(m) is OneDnnLinear for m in model.modules()) else "torch"
 
 
-def own_cpu_tensors(model: nn.Module) -> int:
-    """Copy the CPU parameters and buffers of `model` into this process's memory; returns how many.
+def own_cpu_tensors(model: nn.Module) -> None:
+    """Copy the CPU parameters and buffers of `model` into this process's memory.
 
     Why: from_pretrained leaves safetensors weights in a memory-mapped file, and reading them from
     there is slower: a 1-token SmolLM2 pass (torch's matrix-vector kernel on the plain weights) took
-    5-50 % longer than with the same weights copied at the same alignment, varying through a day
+    1-50 % longer than with the same weights copied at the same alignment, varying through a day
     (52 ms against 34.5 ms at worst; Intel Xeon, 2 threads; docs/bench/owned_weights). And a rewrite
     of the file no longer changes a loaded model. Tensors that shared memory (tied weights) still do.
     """
     copies: dict[tuple, torch.Tensor] = {}
-    copied = 0
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             if tensor.device.type != "cpu":
@@ -378,8 +381,6 @@ def own_cpu_tensors(model: nn.Module) -> int:
             if key not in copies:
                 copies[key] = tensor.data.clone()
             tensor.data = copies[key]
-            copied += 1
-    return copied
 
 
 def load_model(

@@ -1,20 +1,34 @@
 """Decoding variants side by side on the 48 held-out distilled prompts (16 math, 16 code, 16 chat;
 never the eval sets), as issue 19's held-out A/B scripts run them: per prompt every variant in turn,
 the order reversed on every other prompt, all in one process, outputs asserted identical.
-Used by first_probe/, tree_k3/ and lookup_tree/heldout.py.
+Used by first_probe/, tree_k3/, lookup_tree/ and tree_cutoff/heldout.py.
 """
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
+from mtp.adapter import MTPModel
+from mtp.api import load_mtp
 from mtp.data import read_prompts
+from mtp.decoding import generate
 from mtp.models import encode_prompt
 from mtp.trace import Trace
 
 HELDOUT = "assets/distilled/smollm2_val_48.jsonl.gz"
 DOMAINS = (("math", slice(0, 16)), ("code", slice(16, 32)), ("chat", slice(32, 48)))
+
+
+def load_default() -> tuple[MTPModel, PreTrainedTokenizerBase, dict]:
+    """The shipped model on 2 threads and the CPU default's options but its tree and cost-awareness
+    (quadratic, k = 4, 1 group, lookup 10, 128 new tokens, stop at EOS), after one warm-up decode."""
+    torch.set_num_threads(2)
+    model, tokenizer = load_mtp()
+    base = dict(method="quadratic", k=4, groups=1, lookup=10, max_new_tokens=128, eos_token_ids=[tokenizer.eos_token_id])
+    generate(model, encode_prompt(tokenizer, read_prompts(HELDOUT)[0].prompt), tree_budget=8, **base)
+    return model, tokenizer, base
 
 
 @dataclass

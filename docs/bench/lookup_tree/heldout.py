@@ -12,20 +12,15 @@ in alternating order in one process; outputs must be identical.
 import sys
 from pathlib import Path
 
-import torch
-
-from mtp.api import load_mtp
-from mtp.data import read_prompts
 from mtp.decoding import generate
 from mtp.drafting import Draft, Drafter, LeftoverMasks, MaskGroup, MaskTree, PromptLookup
-from mtp.models import encode_prompt
 from mtp.sampling import Sampling
 from mtp.trace import Trace
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from branches import continuations  # noqa: E402
-from side_by_side import HELDOUT, Tally, report  # noqa: E402
+from side_by_side import Tally, load_default, report  # noqa: E402
 
 
 class BranchedLookup(PromptLookup):
@@ -58,10 +53,7 @@ ROUNDS = {  # name -> (tree budget, cost-aware, drafter factory or None: the def
 }
 VARIANTS = ROUNDS[sys.argv[1]]
 names = list(VARIANTS)
-torch.set_num_threads(2)
-model, tokenizer = load_mtp()
-base = dict(method="quadratic", k=4, groups=1, lookup=10, max_new_tokens=128, eos_token_ids=[tokenizer.eos_token_id])
-generate(model, encode_prompt(tokenizer, read_prompts(HELDOUT)[0].prompt), tree_budget=8, **base)  # warm-up
+model, tokenizer, base = load_default()
 
 
 def decode(name: str, ids: list[int]) -> Trace:

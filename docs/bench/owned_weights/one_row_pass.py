@@ -13,7 +13,7 @@ import torch
 import mtp.models as models
 
 own_cpu_tensors = models.own_cpu_tensors
-models.own_cpu_tensors = lambda model: 0  # load as before the change: weights left in the mapped file
+models.own_cpu_tensors = lambda model: None  # load as before the change: weights left in the mapped file
 ONE_ROW_PACKED = [False]
 plain_forward = models.OneDnnLinear.forward
 
@@ -21,10 +21,7 @@ plain_forward = models.OneDnnLinear.forward
 def forward(self, x: torch.Tensor) -> torch.Tensor:
     """OneDnnLinear, but one row may take the packed (sibling-fused) path that 2+ rows take."""
     if ONE_ROW_PACKED[0] and not torch.is_grad_enabled() and x.dtype == self.weight.dtype == torch.float32:
-        siblings = self.__dict__.get("_siblings")
-        if siblings is not None:
-            return siblings.output(self, x)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "")
+        return self.packed_output(x)
     return plain_forward(self, x)
 
 

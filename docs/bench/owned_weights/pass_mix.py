@@ -13,7 +13,7 @@ import torch
 import mtp.models as models
 
 if sys.argv[1] == "mapped":
-    models.own_cpu_tensors = lambda model: 0
+    models.own_cpu_tensors = lambda model: None
 from mtp.api import load_mtp  # noqa: E402
 from mtp.data import read_prompts  # noqa: E402
 from mtp.decoding import generate  # noqa: E402

@@ -13,18 +13,13 @@ mtp.drafting.mask_trees, not kept): the same trees, fewer nodes grown (see NOTES
 import sys
 from pathlib import Path
 
-import torch
-
 from mtp.adapter import MTPModel
-from mtp.api import load_mtp
-from mtp.data import read_prompts
 from mtp.decoding import generate
 from mtp.drafting import Draft, LeftoverMasks, MaskGroup, MaskTree, PromptLookup
-from mtp.models import encode_prompt
 from mtp.trace import Trace
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from side_by_side import HELDOUT, Tally, report  # noqa: E402
+from side_by_side import Tally, load_default, report  # noqa: E402
 
 VARIANTS = {  # name -> (tree budget, cut-off, cost-aware)
     "chain": (0, 0.0, False), "tree8 (default)": (8, 0.0, True), "tree16 >=0.05": (16, 0.05, True),
@@ -49,10 +44,7 @@ class CutTree(MaskTree):
         return Draft([tree.tokens[i] for i in kept], [index.get(tree.parents[i], -1) for i in kept], None,
                      [tree.scores[i] for i in kept])
 names = list(VARIANTS)
-torch.set_num_threads(2)
-model, tokenizer = load_mtp()
-base = dict(method="quadratic", k=4, groups=1, lookup=10, max_new_tokens=128, eos_token_ids=[tokenizer.eos_token_id])
-generate(model, encode_prompt(tokenizer, read_prompts(HELDOUT)[0].prompt), tree_budget=8, **base)  # warm-up
+model, tokenizer, base = load_default()
 
 
 def decode(name: str, ids: list[int]) -> Trace:

@@ -8,31 +8,23 @@ cost-aware). Per prompt all runs in alternating order in one process; outputs mu
 import sys
 from pathlib import Path
 
-import torch
-
-from mtp.api import load_mtp
-from mtp.data import read_prompts
 from mtp.decoding import generate
-from mtp.models import encode_prompt
 from mtp.trace import Trace
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from side_by_side import HELDOUT, Tally, report  # noqa: E402
+from side_by_side import Tally, load_default, report  # noqa: E402
 
 VARIANTS = {  # name -> (k, tree budget, cost-aware)
     "chain k4": (4, 0, False), "tree8 k4 (default)": (4, 8, True), "tree6 k3": (3, 6, True),
     "tree8 k3": (3, 8, True), "tree10 k3": (3, 10, True),
 }
 names = list(VARIANTS)
-torch.set_num_threads(2)
-model, tokenizer = load_mtp()
-base = dict(method="quadratic", groups=1, lookup=10, max_new_tokens=128, eos_token_ids=[tokenizer.eos_token_id])
-generate(model, encode_prompt(tokenizer, read_prompts(HELDOUT)[0].prompt), k=4, tree_budget=8, **base)  # warm-up
+model, tokenizer, base = load_default()
 
 
 def decode(name: str, ids: list[int]) -> Trace:
     k, budget, cost_aware = VARIANTS[name]
-    return generate(model, ids, k=k, tree_budget=budget, cost_aware=cost_aware, **base)
+    return generate(model, ids, tree_budget=budget, cost_aware=cost_aware, **{**base, "k": k})
 
 
 def entry(name: str, tallies: dict[str, Tally]) -> str:
