@@ -1,7 +1,8 @@
 """Decoding variants side by side on the 48 held-out distilled prompts (16 math, 16 code, 16 chat;
 never the eval sets), as issue 19's held-out A/B scripts run them: per prompt every variant in turn,
 the order reversed on every other prompt, all in one process, outputs asserted identical.
-Used by first_probe/, tree_k3/, lookup_tree/ and tree_cutoff/heldout.py.
+Used by the held-out scripts of first_probe/, tree_k3/, tree_k5/, regime_probe/, lookup_tree/ and
+tree_cutoff/, and by tree_vs_chain_pass/.
 """
 import time
 from dataclasses import dataclass
@@ -94,3 +95,24 @@ def report(names: list[str], decode: Callable[[str, list[int]], Trace], tokenize
         for name, tally in tallies.items():
             total[name].merge(tally)
     print("all: " + " | ".join(f"{name} {total[name].speed:.2f}" for name in names), flush=True)
+
+
+def against_first(names: list[str], fed: bool = False) -> Callable[[str, dict[str, Tally]], str]:
+    """A `report` entry: a variant's tokens/s, its ratio to names[0]'s, τ (and tokens fed a pass)."""
+    def entry(name: str, tallies: dict[str, Tally]) -> str:
+        tally = tallies[name]
+        line = f"{name} {tally.speed:.2f} ({tally.speed / tallies[names[0]].speed:.3f}x) tau {tally.tau:.2f}"
+        return line + (f" fed {tally.fed_per_pass:.1f}" if fed else "")
+    return entry
+
+
+def report_k_budget(variants: dict[str, tuple[int, int, bool]], fed: bool = False) -> None:
+    """`report` for variants of the default's options given as name -> (k, tree budget, cost-aware)."""
+    model, tokenizer, base = load_default()
+
+    def decode(name: str, ids: list[int]) -> Trace:
+        k, budget, cost_aware = variants[name]
+        return generate(model, ids, tree_budget=budget, cost_aware=cost_aware, **{**base, "k": k})
+
+    names = list(variants)
+    report(names, decode, tokenizer, against_first(names, fed))

@@ -19,7 +19,7 @@ from mtp.drafting import Draft, LeftoverMasks, MaskGroup, MaskTree, PromptLookup
 from mtp.trace import Trace
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from side_by_side import Tally, load_default, report  # noqa: E402
+from side_by_side import against_first, load_default, report  # noqa: E402
 
 VARIANTS = {  # name -> (tree budget, cut-off, cost-aware)
     "chain": (0, 0.0, False), "tree8 (default)": (8, 0.0, True), "tree16 >=0.05": (16, 0.05, True),
@@ -53,10 +53,4 @@ def decode(name: str, ids: list[int]) -> Trace:
     return generate(model, ids, tree_budget=budget, cost_aware=cost_aware, drafter=drafter, **base)
 
 
-def entry(name: str, tallies: dict[str, Tally]) -> str:
-    tally = tallies[name]
-    return (f"{name} {tally.speed:.2f} ({tally.speed / tallies[names[0]].speed:.3f}x) tau {tally.tau:.2f} "
-            f"fed {tally.fed_per_pass:.1f}")
-
-
-report(names, decode, tokenizer, entry)
+report(names, decode, tokenizer, against_first(names, fed=True))

@@ -8,28 +8,11 @@ cost-aware). Per prompt all runs in alternating order in one process; outputs mu
 import sys
 from pathlib import Path
 
-from mtp.decoding import generate
-from mtp.trace import Trace
-
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from side_by_side import Tally, load_default, report  # noqa: E402
+from side_by_side import report_k_budget  # noqa: E402
 
 VARIANTS = {  # name -> (k, tree budget, cost-aware)
     "chain k4": (4, 0, False), "tree8 k4 (default)": (4, 8, True), "tree6 k3": (3, 6, True),
     "tree8 k3": (3, 8, True), "tree10 k3": (3, 10, True),
 }
-names = list(VARIANTS)
-model, tokenizer, base = load_default()
-
-
-def decode(name: str, ids: list[int]) -> Trace:
-    k, budget, cost_aware = VARIANTS[name]
-    return generate(model, ids, tree_budget=budget, cost_aware=cost_aware, **{**base, "k": k})
-
-
-def entry(name: str, tallies: dict[str, Tally]) -> str:
-    tally = tallies[name]
-    return f"{name} {tally.speed:.2f} ({tally.speed / tallies[names[0]].speed:.3f}x) tau {tally.tau:.2f}"
-
-
-report(names, decode, tokenizer, entry)
+report_k_budget(VARIANTS)
