@@ -11,10 +11,12 @@ from typing import Callable, Iterator
 import torch
 from transformers import PreTrainedTokenizerBase
 
+import mtp.decoding
 from mtp.adapter import MTPModel
 from mtp.api import load_mtp
 from mtp.data import read_prompts
 from mtp.decoding import generate
+from mtp.methods import CostAware
 from mtp.models import encode_prompt
 from mtp.trace import Trace
 
@@ -97,13 +99,26 @@ def report(names: list[str], decode: Callable[[str, list[int]], Trace], tokenize
     print("all: " + " | ".join(f"{name} {total[name].speed:.2f}" for name in names), flush=True)
 
 
-def against_first(names: list[str], fed: bool = False) -> Callable[[str, dict[str, Tally]], str]:
-    """A `report` entry: a variant's tokens/s, its ratio to names[0]'s, τ (and tokens fed a pass)."""
+def against_first(names: list[str], fed: bool = False, name_first: bool = False) -> Callable[[str, dict[str, Tally]], str]:
+    """A `report` entry: a variant's tokens/s, its ratio to names[0]'s (followed by that name when
+    name_first), τ (and tokens fed a pass)."""
     def entry(name: str, tallies: dict[str, Tally]) -> str:
         tally = tallies[name]
-        line = f"{name} {tally.speed:.2f} ({tally.speed / tallies[names[0]].speed:.3f}x) tau {tally.tau:.2f}"
+        ratio = f"{tally.speed / tallies[names[0]].speed:.3f}x" + (f" {names[0]}" if name_first else "")
+        line = f"{name} {tally.speed:.2f} ({ratio}) tau {tally.tau:.2f}"
         return line + (f" fed {tally.fed_per_pass:.1f}" if fed else "")
     return entry
+
+
+def generate_cost_aware_as(policy: type[CostAware], model: MTPModel, ids: list[int], **options) -> Trace:
+    """generate(cost_aware=True) with `policy` (a CostAware subclass) in CostAware's place: generate
+    builds its CostAware from mtp.decoding's name, so the name is swapped for the call."""
+    saved = mtp.decoding.CostAware
+    mtp.decoding.CostAware = policy
+    try:
+        return generate(model, ids, cost_aware=True, **options)
+    finally:
+        mtp.decoding.CostAware = saved
 
 
 def report_k_budget(variants: dict[str, tuple[int, int, bool]], fed: bool = False) -> None:

@@ -11,14 +11,12 @@ A variant is a CostAware subclass with other constants (margin: the masks' measu
 multiplied by it before the regimes are compared, a bias toward masks; groups_on_grafted: a pass
 verifying lookup drafts grafted onto the masks' tree carries the policy's group, only a pure lookup
 chain goes without), and optionally another drafter; `generate` builds its CostAware from
-mtp.decoding's name, so the script swaps that name before each run. Ratios are to the first run.
+mtp.decoding's name, so side_by_side.generate_cost_aware_as swaps that name for each run. Ratios are to the first run.
 """
 import dataclasses
 import sys
 from pathlib import Path
 
-
-import mtp.decoding
 from mtp.decoding import generate
 from mtp.drafting import Draft, Drafter, LeftoverMasks, MaskGroup, MaskTree, PromptLookup, lookup_drafts
 from mtp.methods import CostAware
@@ -26,7 +24,7 @@ from mtp.sampling import Sampling
 from mtp.trace import Trace
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from side_by_side import Tally, load_default, report  # noqa: E402
+from side_by_side import against_first, generate_cost_aware_as, load_default, report  # noqa: E402
 
 
 def variant(interval: int, probe: int, window: int, first_probe: int, margin: float = 1.0,
@@ -83,15 +81,10 @@ model, tokenizer, base = load_default()
 
 def decode(name: str, ids: list[int]) -> Trace:
     cost_aware, budget, drafter = variants[name]
+    options = dict(base, tree_budget=budget, drafter=drafter() if drafter else None)
     if cost_aware is not None:
-        mtp.decoding.CostAware = cost_aware
-    return generate(model, ids, tree_budget=budget, cost_aware=cost_aware is not None,
-                    drafter=drafter() if drafter else None, **base)
+        return generate_cost_aware_as(cost_aware, model, ids, **options)
+    return generate(model, ids, **options)
 
 
-def entry(name: str, tallies: dict[str, Tally]) -> str:
-    tally = tallies[name]
-    return f"{name} {tally.speed:.2f} ({tally.speed / tallies[names[0]].speed:.3f}x {names[0]}) tau {tally.tau:.2f}"
-
-
-report(names, decode, tokenizer, entry)
+report(names, decode, tokenizer, against_first(names, name_first=True))

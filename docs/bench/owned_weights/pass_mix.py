@@ -2,29 +2,26 @@
 shipped checkpoint, 2 threads; the default (k = 4, 1 group, tree 8 + lookup 10, cost-aware) and the
 previous default (chain + lookup 10, not cost-aware), one after the other. `mapped`: the base
 weights left in the memory-mapped file (as before own_cpu_tensors); `owned`: as load_model keeps them.
+Model and options from side_by_side.load_default, which also decodes one warm-up prompt first (the
+committed output was printed before the script used it, without that warm-up).
 
     PYTHONPATH=. python docs/bench/owned_weights/pass_mix.py owned > docs/bench/owned_weights/pass_mix_owned.txt
 """
 import collections
 import sys
 
-import torch
-
 import mtp.models as models
 
 if sys.argv[1] == "mapped":
     models.own_cpu_tensors = lambda model: None
-from mtp.api import load_mtp  # noqa: E402
 from mtp.data import read_prompts  # noqa: E402
 from mtp.decoding import generate  # noqa: E402
 from mtp.models import encode_prompt  # noqa: E402
 
 sys.path.insert(0, "docs/bench")
-from side_by_side import HELDOUT  # noqa: E402
+from side_by_side import HELDOUT, load_default  # noqa: E402
 
-torch.set_num_threads(2)
-model, tokenizer = load_mtp()
-base = dict(method="quadratic", k=4, groups=1, lookup=10, max_new_tokens=128, eos_token_ids=[tokenizer.eos_token_id])
+model, tokenizer, base = load_default()
 for name, options in (("default", dict(tree_budget=8, cost_aware=True)), ("previous default", {})):
     kinds = collections.defaultdict(lambda: [0, 0, 0.0, 0])  # passes, new tokens, seconds, tokens fed
     for row in read_prompts(HELDOUT)[16:32]:

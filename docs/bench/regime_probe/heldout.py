@@ -13,14 +13,13 @@ passes whose cost varies little, so fewer may do), probes of the masks-on regime
 import sys
 from pathlib import Path
 
-import mtp.decoding
 from mtp.decoding import generate
 from mtp.drafting import Draft
 from mtp.methods import CostAware
 from mtp.trace import Trace
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from side_by_side import Tally, load_default, report  # noqa: E402
+from side_by_side import against_first, generate_cost_aware_as, load_default, report  # noqa: E402
 
 
 def variant(skip_lookup: bool, off_probe: int | None) -> type[CostAware]:
@@ -54,13 +53,8 @@ model, tokenizer, base = load_default()
 def decode(name: str, ids: list[int]) -> Trace:
     cost_aware = variants[name]
     if cost_aware is not None:
-        mtp.decoding.CostAware = cost_aware
-    return generate(model, ids, tree_budget=8 if cost_aware else 0, cost_aware=cost_aware is not None, **base)
+        return generate_cost_aware_as(cost_aware, model, ids, tree_budget=8, **base)
+    return generate(model, ids, **base)
 
 
-def entry(name: str, tallies: dict[str, Tally]) -> str:
-    tally = tallies[name]
-    return f"{name} {tally.speed:.2f} ({tally.speed / tallies[names[0]].speed:.3f}x {names[0]}) tau {tally.tau:.2f}"
-
-
-report(names, decode, tokenizer, entry)
+report(names, decode, tokenizer, against_first(names, name_first=True))

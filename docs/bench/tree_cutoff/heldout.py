@@ -43,6 +43,8 @@ class CutTree(MaskTree):
         index = {old: new for new, old in enumerate(kept)}
         return Draft([tree.tokens[i] for i in kept], [index.get(tree.parents[i], -1) for i in kept], None,
                      [tree.scores[i] for i in kept])
+
+
 names = list(VARIANTS)
 model, tokenizer, base = load_default()
 
