@@ -1,16 +1,17 @@
 """Python API: load a base model with an MTP checkpoint in one call, and pick its decoding settings.
 
-    from mtp.api import chosen_checkpoint, decoding_settings, load_mtp
+    from mtp.api import chosen_checkpoint, decoding_settings, load_datastore, load_mtp
     mtp_model, tokenizer = load_mtp()            # embedded model + shipped checkpoint
     settings = decoding_settings(mtp_model, chosen_checkpoint(None, None))  # method, k, groups, lookup, tree_budget,
-                                                                             # cost_aware, source
+                                                                             # cost_aware, source, datastore
+    datastore = load_datastore(mtp_model, settings.datastore)  # generate(..., datastore=datastore)
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -18,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from . import adapter
 from .adapter import MTPModel
 from .config import CheckpointError, read_decoding_defaults
+from .datastore import Datastore, DatastoreError
 from .models import load_model
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -66,27 +68,29 @@ class DecodingSettings(NamedTuple):
     tree_budget: int  # nodes of the masks' draft tree per pass (0: a chain)
     cost_aware: bool  # mask groups only while they pay (decoding.generate's cost_aware)
     source: str  # where the defaults came from
+    datastore: tuple[str, ...] = ()  # self-distilled data files whose datastore drafts too (load_datastore)
 
 
 def decoding_settings(model: MTPModel, checkpoint_dir: str | Path | None, method: str | None = None,
                       k: int | None = None, groups: int | None = None,
                       lookup: int | None = None, tree_budget: int | None = None,
-                      cost_aware: bool | None = None) -> DecodingSettings:
-    """(method, k, groups, lookup, tree_budget, cost_aware, source) to decode with.
+                      cost_aware: bool | None = None, datastore: Sequence[str] | None = None) -> DecodingSettings:
+    """(method, k, groups, lookup, tree_budget, cost_aware, source, datastore) to decode with.
 
     Given values win. The rest comes from the checkpoint's measured defaults for the model's device
     type (`python -m mtp bench --save-defaults`), else quadratic with the checkpoint's k and no lookup.
     The source says where the defaults came from: "measured on <machine> (<created>)", "built-in", or
-    "explicit" when the method's layout was fully given (lookup, trees and cost-awareness then default
-    to off).
+    "explicit" when the method's layout was fully given (lookup, trees, cost-awareness and the
+    datastore then default to off). The entry's datastore files are relative to the checkpoint.
     """
+    given_store = tuple(str(path) for path in datastore or ())
     unmeasured = (lookup or 0, tree_budget or 0, False if cost_aware is None else cost_aware)  # all off unless given
     if method is not None and k is not None and (groups is not None or method != "quadratic"):
-        return DecodingSettings(method, k, groups, *unmeasured, EXPLICIT)
+        return DecodingSettings(method, k, groups, *unmeasured, EXPLICIT, given_store)
     entry = _measured_defaults(model, checkpoint_dir)
     if entry is None or method not in (None, entry["method"]):
         # No measurement, or another method than the measured one: its k and groups do not carry over.
-        return DecodingSettings(method or "quadratic", k or model.k, groups, *unmeasured, BUILT_IN)
+        return DecodingSettings(method or "quadratic", k or model.k, groups, *unmeasured, BUILT_IN, given_store)
     used = method is None or k is None
     k = k or entry["k"]
     if groups is None and entry["groups"] is not None and entry["groups"] <= k + 1:
@@ -100,8 +104,26 @@ def decoding_settings(model: MTPModel, checkpoint_dir: str | Path | None, method
     if cost_aware is None:
         cost_aware = entry.get("cost_aware", False)
         used = used or cost_aware
+    if datastore is None:
+        given_store = tuple(str(Path(checkpoint_dir) / path) for path in entry.get("datastore", []))
+        used = used or bool(given_store)
     source = f"measured on {entry['machine']} ({entry['created']})" if used else BUILT_IN
-    return DecodingSettings(entry["method"], k, groups, lookup, tree_budget, cost_aware, source)
+    return DecodingSettings(entry["method"], k, groups, lookup, tree_budget, cost_aware, source, given_store)
+
+
+def load_datastore(model: MTPModel, files: Sequence[str | Path], required: bool = True) -> Datastore | None:
+    """The datastore of these self-distilled data files for this model (None: no files). Missing or
+    unusable files raise DatastoreError naming them; unless `required` (files the user named), they
+    are only logged and decoding goes on without (a checkpoint's defaults naming data not installed)."""
+    if not files:
+        return None
+    try:
+        return Datastore.from_distilled(files, vocab_size=model.base.config.vocab_size)
+    except DatastoreError as error:
+        if required:
+            raise
+        log.warning("decoding without the checkpoint's datastore: %s", error)
+        return None
 
 
 def _measured_defaults(model: MTPModel, checkpoint_dir: str | Path | None) -> dict | None:

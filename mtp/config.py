@@ -18,7 +18,7 @@ DEFAULTS_METHODS = ("linear", "quadratic")  # the defaults pick MTP decoding; au
 # predicted (the autotuner: cost curve x replay) or measured (decoded side by side with `generate`).
 DEFAULTS_FIELDS = ("method", "k", "groups", "lookup", "tree_budget", "cost_aware", "tokens_per_step",
                    "predicted_tokens_per_second", "predicted_speedup_vs_autoregressive", "tokens_per_second",
-                   "speedup_vs_generate", "basis", "machine", "torch_threads", "created", "command")
+                   "speedup_vs_generate", "basis", "machine", "torch_threads", "created", "command", "datastore")
 DEFAULTS_REQUIRED = ("method", "k", "groups", "tokens_per_step", "machine", "torch_threads", "created", "command")
 # Absent from files written before they existed: 0, no lookup drafts, chains rather than trees.
 DEFAULTS_OPTIONAL = ("lookup", "tree_budget")
@@ -128,6 +128,9 @@ def _defaults_problem(entry: object) -> str | None:
             return f"has {name} {value!r}, not an integer >= 0"
     if not isinstance(entry.get("cost_aware", False), bool):  # absent: written before it existed, off
         return f"has cost_aware {entry['cost_aware']!r}, not true or false"
+    datastore = entry.get("datastore", [])  # absent: off
+    if not isinstance(datastore, list) or not all(isinstance(path, str) and path for path in datastore):
+        return f"has datastore {datastore!r}, not a list of file paths (relative to the checkpoint)"
     return None
 
 

@@ -24,7 +24,8 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
 from .adapter import MTPModel
-from .drafting import Draft, Drafter, LeftoverMasks, MaskChain, MaskGroup, MaskTree, PromptLookup
+from .datastore import Datastore
+from .drafting import DatastoreDrafts, Draft, Drafter, LeftoverMasks, MaskChain, MaskGroup, MaskTree, PromptLookup
 from .kv_cache import decoding_cache, keep_in_cache
 from .layouts import chain_parents, group_rows, step_layout
 from .methods import CostAware, Policy, policy
@@ -166,14 +167,17 @@ class StopCriteria:
 
 
 def default_drafter(model: MTPModel, verification: Policy | CostAware, *, use_sampler: bool = True, lookup: int = 0,
-                    tree_budget: int = 0) -> Drafter | None:
+                    tree_budget: int = 0, datastore: Datastore | None = None) -> Drafter | None:
     """The drafter a verification policy uses: none (autoregressive), the masks' chain or tree, prompt
-    lookup first (replacing a chain, grafted onto a tree), and, where the policy drafts from them
-    (quadratic), the leftover masks of the freshest group on or before the accepted path."""
+    lookup first (replacing a chain, grafted onto a tree), the datastore's drafts as one more branch,
+    and, where the policy drafts from them (quadratic), the leftover masks of the freshest group on or
+    before the accepted path."""
     if verification.name == "autoregressive":
         return None
     masks = MaskTree(model, tree_budget, use_sampler=use_sampler) if tree_budget else MaskChain(model, use_sampler)
     drafter = PromptLookup(lookup, masks, graft=bool(tree_budget)) if lookup else masks
+    if datastore is not None:
+        drafter = DatastoreDrafts(datastore, drafter)
     return LeftoverMasks(drafter) if verification.drafts_from_leftover_masks else drafter
 
 
@@ -200,6 +204,7 @@ def generate(
     drafter: Drafter | None = None,
     streamer: BaseStreamer | None = None,
     cost_aware: bool = False,
+    datastore: Datastore | None = None,
 ) -> Trace:
     """Generate up to `max_new_tokens` after `prompt_ids`; returns the Trace (tokens, text, steps).
 
@@ -216,6 +221,8 @@ def generate(
     first (skip_prompt=True skips it), then each step's new tokens, then end().
     cost_aware: feed the method's mask groups only while they produce more tokens per second than
     passes without them, as measured during this generation (methods.CostAware); same output.
+    datastore: its drafts (what the model wrote after the same few tokens in its self-distilled
+    data, mtp.datastore) join the others as one more branch; linear and quadratic only.
     """
     k = model.k if k is None else k
     check_decoding(method=method, k=k, max_k=model.k, groups=groups, lookup=lookup, tree_budget=tree_budget,
@@ -223,6 +230,8 @@ def generate(
                    cost_aware=cost_aware)
     if not prompt_ids:
         raise OptionError("the prompt is empty")
+    if datastore is not None and method == "autoregressive":
+        raise OptionError("datastore drafts need a drafting method (linear or quadratic), not autoregressive")
     start = time.perf_counter()
     sampling = Sampling(temperature, top_k, top_p, seed, model.mask_embeddings.device)
     stop = StopCriteria(max_new_tokens, eos_token_ids, stop_strings, tokenizer)
@@ -231,7 +240,8 @@ def generate(
     if cost_aware and method != "autoregressive":
         verification = adaptive = CostAware(verification)
     if drafter is None:
-        drafter = default_drafter(model, verification, use_sampler=use_sampler, lookup=lookup, tree_budget=tree_budget)
+        drafter = default_drafter(model, verification, use_sampler=use_sampler, lookup=lookup, tree_budget=tree_budget,
+                                  datastore=datastore)
     trace = Trace(method=method, k=0 if method == "autoregressive" else k, prompt_ids=list(prompt_ids),
                   temperature=temperature, tree_budget=tree_budget)
     cache, cached = decoding_cache(model.base.config), 0

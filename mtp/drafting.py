@@ -13,6 +13,7 @@ from typing import NamedTuple, Protocol, Sequence
 import torch
 
 from .adapter import MTPModel
+from .datastore import Datastore
 from .layouts import chain_parents, tree_positions
 from .sampling import Sampling
 
@@ -74,14 +75,17 @@ class Draft:
             path.append(node)
         return path
 
-    def grafted(self, tokens: Sequence[int]) -> "Draft":
+    def grafted(self, tokens: Sequence[int], looked_up: bool = True) -> "Draft":
         """This tree with the chain `tokens` added from t_0, sharing the nodes it already has (a trie:
         siblings stay distinct tokens, as tree verification needs). Its new nodes score 0: the drafter
-        did not propose them, so they never come before its own nodes for mask groups. Scored,
-        deterministic trees only (probs None): under sampling, siblings are verified by recursive rejection."""
-        if self.probs is not None or self.scores is None:
-            raise ValueError("drafts graft only onto a deterministic, scored draft tree")
-        grown = Draft(list(self.tokens), list(self.parents), None, list(self.scores), True)
+        did not propose them, so they never come before its own nodes for mask groups (a draft without
+        scores, a chain, counts as scored 0 too). Deterministic drafts only (probs None): under
+        sampling, siblings are verified by recursive rejection. looked_up: the result counts as a
+        prompt-lookup draft (the grafted tokens came from lookup, or the draft already did)."""
+        if self.probs is not None:
+            raise ValueError("drafts graft only onto a deterministic draft")
+        scores = list(self.scores) if self.scores is not None else [0.0] * len(self.tokens)
+        grown = Draft(list(self.tokens), list(self.parents), None, scores, looked_up)
         children, node = self.children(), -1
         for token in tokens:
             node_children = children.setdefault(node, [])
@@ -328,6 +332,24 @@ class LeftoverMasks:
             if shift < len(newest.hidden):
                 group = MaskGroup(newest.hidden[shift:], newest.logits[shift:], context[-1])
         return self.drafter.propose(context, group, sampling)
+
+
+class DatastoreDrafts:
+    """Datastore drafts (mtp.datastore: what the model wrote after the same few tokens before) join
+    whatever `drafter` proposes as one more branch, or are the draft where it has none. A sampled
+    chain (probs set) is verified as it is: a deterministic branch cannot join it."""
+
+    def __init__(self, datastore: Datastore, drafter: Drafter) -> None:
+        self.datastore, self.drafter = datastore, drafter
+
+    def propose(self, context: list[int], group: MaskGroup | None, sampling: Sampling) -> Draft:
+        draft = self.drafter.propose(context, group, sampling)
+        found = self.datastore.drafts(context)
+        if not found or draft.probs is not None:
+            return draft
+        if not draft.tokens:
+            return Draft.chain(found)
+        return draft.grafted(found, looked_up=draft.looked_up)
 
 
 # Prompt lookup: the context's last 3-gram, else 2-gram, looked up at its most recent earlier

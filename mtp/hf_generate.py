@@ -26,13 +26,13 @@ from transformers.generation import GenerateDecoderOnlyOutput, GenerationConfig,
 
 from . import adapter
 from .adapter import MTPModel
-from .api import decoding_settings
+from .api import decoding_settings, load_datastore
 from .config import CheckpointError
 from .decoding import generate as mtp_generate
 from .options import OptionError
 
 # generate(..., mtp_<name>=value): the MTP options the entry takes, as api.decoding_settings names them.
-SETTINGS = ("method", "k", "groups", "lookup", "tree_budget", "cost_aware")
+SETTINGS = ("method", "k", "groups", "lookup", "tree_budget", "cost_aware", "datastore")
 # Arguments of `generate` the entry refuses unless unset, False or an empty list.
 _NEUTRAL = ("logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", "synced_gpus", "assistant_model",
             "negative_prompt_ids", "negative_prompt_attention_mask")
@@ -115,8 +115,9 @@ def generate(model: PreTrainedModel, inputs: torch.Tensor | None = None,
     GenerateDecoderOnlyOutput with return_dict_in_generate=True.
 
     mtp_checkpoint (required): the MTP checkpoint directory trained on this model.
-    mtp_method, mtp_k, mtp_groups, mtp_lookup, mtp_tree_budget, mtp_cost_aware: as in mtp.decoding.generate; unset
-    ones come from the checkpoint's measured defaults (api.decoding_settings).
+    mtp_method, mtp_k, mtp_groups, mtp_lookup, mtp_tree_budget, mtp_cost_aware: as in mtp.decoding.generate;
+    mtp_datastore: self-distilled data files to draft from (api.load_datastore; [] = off); unset ones come
+    from the checkpoint's measured defaults (api.decoding_settings).
     max_new_tokens / max_length and eos_token_id come from the call or the model's generation_config.
     """
     for name in _NEUTRAL:
@@ -143,6 +144,8 @@ def generate(model: PreTrainedModel, inputs: torch.Tensor | None = None,
     prompt = ids[0].tolist()
     trace = mtp_generate(mtp_model, prompt, method=chosen.method, k=chosen.k, groups=chosen.groups,
                          lookup=chosen.lookup, tree_budget=chosen.tree_budget, cost_aware=chosen.cost_aware,
+                         datastore=None if chosen.method == "autoregressive" else load_datastore(
+                             mtp_model, chosen.datastore, required=settings["datastore"] is not None),
                          max_new_tokens=max_new, eos_token_ids=eos, streamer=streamer)
     sequences = torch.tensor([prompt + trace.token_ids], dtype=ids.dtype, device=ids.device)
     if config.return_dict_in_generate:

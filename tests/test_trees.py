@@ -249,6 +249,8 @@ def test_grafted_draft_is_a_trie_over_the_tree_and_the_chain() -> None:
     assert grown.follow([7, 8, 4, 5, 1]) == [0, 2, 3, 4] and grown.follow([9, 3]) == [1]
     assert grown.group_order(4)[:4] == tree.group_order(4)  # the drafter's own nodes come first
     assert tree.grafted([5]).parents == [-1, -1, 0, -1] and tree.tokens == [7, 9, 8]  # the tree is not changed
-    for sampled_or_unscored in (Draft.chain([1, 2], torch.tensor([[0.5, 0.5], [0.5, 0.5]])), Draft.chain([1, 2])):
-        with pytest.raises(ValueError, match="deterministic, scored draft tree"):
-            sampled_or_unscored.grafted([1])
+    chain = Draft.chain([1, 2]).grafted([1, 3], looked_up=False)  # a chain has no scores: its nodes count as 0
+    assert chain.tokens == [1, 2, 3] and chain.parents == [-1, 0, 0] and chain.scores == [0.0] * 3
+    assert not chain.looked_up and chain.group_order(2)[:3] == [-1, 0, 1]
+    with pytest.raises(ValueError, match="deterministic draft"):
+        Draft.chain([1, 2], torch.tensor([[0.5, 0.5], [0.5, 0.5]])).grafted([1])

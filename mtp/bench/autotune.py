@@ -241,4 +241,5 @@ def choose_decoded_defaults(report: dict, settings: Settings) -> dict | None:
         "cost_aware": run.cost_aware, "tokens_per_step": stats["tokens_per_step"],
         "tokens_per_second": stats["tokens_per_second"], "speedup_vs_generate": stats["speedup_vs_generate"],
         **_provenance(report), "basis": "the fastest decoded run, all prompts, side by side with generate",
+        **({"datastore": list(settings.datastore_files)} if run.datastore else {}),
     }

@@ -5,6 +5,7 @@ the machine a measurement was made on."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -22,7 +23,9 @@ from transformers import PreTrainedTokenizerBase
 
 from .. import acceptance, decoding
 from ..adapter import MTPModel
+from ..api import load_datastore
 from ..data import PromptRecord
+from ..datastore import Datastore
 from ..models import encode_prompt
 from ..options import eos_token_ids
 from .runs import BASELINE, Run, Settings, run_name, runs_of, tree_configs
@@ -61,6 +64,12 @@ def run_generate(model: MTPModel, prompt_ids: list[int], settings: Settings, eos
     return {"token_ids": token_ids, "new_tokens": len(token_ids), "steps": passes[0], "seconds": seconds}
 
 
+@functools.lru_cache(maxsize=2)
+def _datastore(model: MTPModel, files: tuple[str, ...]) -> Datastore | None:
+    """The runs' datastore, loaded once."""
+    return load_datastore(model, files)
+
+
 def run_mtp(model: MTPModel, prompt_ids: list[int], run: Run, settings: Settings, eos: list[int]) -> dict:
     """One engine generation, timed from outside like the baseline; the trace's metrics kept."""
     device = model.mask_embeddings.device
@@ -69,7 +78,8 @@ def run_mtp(model: MTPModel, prompt_ids: list[int], run: Run, settings: Settings
     trace = decoding.generate(
         model, prompt_ids, method=run.method, k=run.k, max_new_tokens=settings.max_new_tokens, eos_token_ids=eos,
         use_sampler=settings.use_sampler, lookup=settings.prompt_lookup_tokens if run.lookup else 0,
-        groups=run.groups, tree_budget=run.tree_budget, cost_aware=run.cost_aware)
+        groups=run.groups, tree_budget=run.tree_budget, cost_aware=run.cost_aware,
+        datastore=_datastore(model, settings.datastore_files) if run.datastore else None)
     sync(device)
     seconds = time.perf_counter() - start
     return {
@@ -140,7 +150,7 @@ def measure_prompt(model: MTPModel, record: PromptRecord, prompt_ids: list[int],
     for name in runs_of(settings):
         run = measured[name]
         run.update(method=name.method, k=name.k, lookup=name.lookup, tree_budget=name.tree_budget, groups=name.groups,
-                   cost_aware=name.cost_aware, mismatch_at=first_mismatch(run["token_ids"], baseline["token_ids"]))
+                   cost_aware=name.cost_aware, datastore=name.datastore, mismatch_at=first_mismatch(run["token_ids"], baseline["token_ids"]))
         if run["mismatch_at"] is None:
             del run["token_ids"]  # the baseline's tokens; kept only where they differ
         entry["runs"].append(run)

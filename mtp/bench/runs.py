@@ -10,7 +10,7 @@ from ..data import PromptRecord
 
 METHODS = ("autoregressive", "linear", "quadratic", "prompt_lookup")
 BASELINE = "generate"
-LOOKUP_RUNS = {"off": (False,), "on": (True,), "both": (False, True)}  # Settings.lookup / cost_aware -> Run values
+LOOKUP_RUNS = {"off": (False,), "on": (True,), "both": (False, True)}  # Settings.lookup / cost_aware / datastore -> Run values
 
 
 @dataclass
@@ -32,6 +32,8 @@ class Settings:
     # Draft-tree budgets replayed too: τ table rows at each k of k_list, and autotuning candidates.
     tau_trees: tuple[int, ...] = ()
     cost_aware: str = "off"  # linear/quadratic runs with decoding's cost_aware option: off, on, or both
+    datastore: str = "off"  # linear/quadratic runs with datastore drafts: off, on, or both
+    datastore_files: tuple[str, ...] = ()  # the self-distilled data they draft from (api.load_datastore)
 
 
 class Run(NamedTuple):
@@ -43,6 +45,7 @@ class Run(NamedTuple):
     tree_budget: int = 0  # linear/quadratic drafting trees of this many nodes (0: chains)
     groups: int | None = None  # quadratic mask groups (None: k+1, the paper's layout)
     cost_aware: bool = False  # mask groups only while they pay (decoding's cost_aware option)
+    datastore: bool = False  # with datastore drafts (decoding's datastore option)
 
 
 def runs_of(settings: Settings) -> list[Run]:
@@ -52,24 +55,24 @@ def runs_of(settings: Settings) -> list[Run]:
         if method in ("autoregressive", "prompt_lookup"):
             runs.append(Run(method))
         else:
-            runs.extend(Run(method, k, lookup, budget, groups, aware)
+            runs.extend(Run(method, k, lookup, budget, groups, aware, store)
                         for k in settings.k_list for groups in groups_of(settings, method, k)
                         for budget in settings.tree_budgets for lookup in LOOKUP_RUNS[settings.lookup]
-                        for aware in LOOKUP_RUNS[settings.cost_aware])
+                        for aware in LOOKUP_RUNS[settings.cost_aware] for store in LOOKUP_RUNS[settings.datastore])
     return runs
 
 
 def run_of(result: dict) -> Run:
     """The Run a measured result belongs to (results written before lookup existed have none)."""
     return Run(result["method"], result["k"], result.get("lookup", False), result.get("tree_budget", 0),
-               result.get("groups"), result.get("cost_aware", False))
+               result.get("groups"), result.get("cost_aware", False), result.get("datastore", False))
 
 
 def run_name(run: Run) -> str:
     """The run's label in the report, e.g. `quadratic k=4 G=1 tree 6 + lookup`."""
     return (run.method + ("" if run.k is None else f" k={run.k}") + ("" if run.groups is None else f" G={run.groups}")
             + (f" tree {run.tree_budget}" if run.tree_budget else "") + (" + lookup" if run.lookup else "")
-            + (" cost-aware" if run.cost_aware else ""))
+            + (" + datastore" if run.datastore else "") + (" cost-aware" if run.cost_aware else ""))
 
 
 def tree_configs(settings: Settings) -> list[tuple[int, int]]:

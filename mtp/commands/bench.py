@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 from pathlib import Path
 
@@ -46,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cost-aware", choices=("off", "on", "both"), default="off",
                         help="linear/quadratic runs that feed mask groups only while they pay (decoding's "
                              "cost_aware option): off (default), on, or both (each run measured with and without)")
+    parser.add_argument("--datastore", choices=("off", "on", "both"), default="off",
+                        help="linear/quadratic runs with datastore drafts from --datastore-files: off (default), on, "
+                             "or both (each run measured with and without)")
+    parser.add_argument("--datastore-files", default=None, metavar="FILE[,FILE...]",
+                        help="self-distilled data (`mtp distill` output) the --datastore runs draft from")
     parser.add_argument("--no-chat-template", action="store_true", help="feed prompts raw, without the chat template")
     parser.add_argument("--tau-table", action="store_true",
                         help="also τ of linear and quadratic at every k up to the checkpoint's, with and without the "
@@ -120,7 +126,13 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    for flag, value in (("--lookup", args.lookup), ("--cost-aware", args.cost_aware)):
+    datastore_files = tuple(path for path in (args.datastore_files or "").split(",") if path)
+    if (args.datastore != "off") != bool(datastore_files):
+        raise UsageError("--datastore on/both needs --datastore-files FILE[,FILE...], and the files need it")
+    missing = [path for path in datastore_files if not Path(path).is_file()]
+    if missing:
+        raise UsageError(f"--datastore-files: not found: {', '.join(missing)}")
+    for flag, value in (("--lookup", args.lookup), ("--cost-aware", args.cost_aware), ("--datastore", args.datastore)):
         if value != "off" and not {"linear", "quadratic"} & set(methods):
             raise UsageError(f"{flag} applies to the linear and quadratic methods, and --methods has neither")
     if args.groups is not None and "quadratic" not in methods:
@@ -139,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..api import chosen_checkpoint, load_mtp
+    from ..api import chosen_checkpoint, load_datastore, load_mtp
+    from ..datastore import DatastoreError
     from ..data import read_prompt_files
     from ..models import EMBEDDED_NAME, ModelSourceError
 
@@ -170,7 +183,12 @@ def run(args: argparse.Namespace) -> int:
                               prompt_lookup_tokens=args.prompt_lookup_tokens, lookup=args.lookup,
                               chat_template=not args.no_chat_template,
                               tau_table_k=model.k if args.tau_table or args.cost_curve or tau_trees else 0,
-                              tree_budgets=tree_budgets, tau_trees=tau_trees, cost_aware=args.cost_aware)
+                              tree_budgets=tree_budgets, tau_trees=tau_trees, cost_aware=args.cost_aware,
+                              datastore=args.datastore, datastore_files=datastore_files)
+    try:
+        load_datastore(model, datastore_files)  # refuse unusable files before measuring anything
+    except DatastoreError as error:
+        raise UsageError(f"--datastore-files: {error}") from None
     domains = sorted({r.domain for r in records})
     log.info("%d prompts (%s), runs per prompt: %s", len(records), ", ".join(domains),
              ", ".join(bench.run_name(run) for run in bench.runs_of(settings)))
@@ -197,8 +215,11 @@ def run(args: argparse.Namespace) -> int:
                       "`generate`: no defaults saved")
             return 1
         device_type = model.mask_embeddings.device.type
-        path = write_decoding_defaults(checkpoint, device_type,
-                                       {name: best[name] for name in DEFAULTS_FIELDS if name in best})
+        entry = {name: best[name] for name in DEFAULTS_FIELDS if name in best}
+        if "datastore" in entry:  # the checkpoint's entry names its files relative to the checkpoint
+            entry["datastore"] = [os.path.relpath(Path(path).resolve(), Path(checkpoint).resolve())
+                                  for path in entry["datastore"]]
+        path = write_decoding_defaults(checkpoint, device_type, entry)
         log.info("saved the %s defaults (%s k=%d, groups %s, lookup %s, tree %s%s) in %s", device_type, best["method"],
                  best["k"], best["groups"], best["lookup"] or "off", best["tree_budget"] or "off",
                  ", cost-aware" if best["cost_aware"] else "", path)

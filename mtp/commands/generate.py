@@ -46,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="linear/quadratic: feed mask groups only while they produce more tokens per second "
                              "than passes without them, measured as it decodes (same output; default: the "
                              "measured best, else off)")
+    parser.add_argument("--datastore", default=None, metavar="FILE[,FILE...]|none",
+                        help="linear/quadratic: self-distilled data (`mtp distill` output) whose datastore drafts "
+                             "what the model wrote after the same few tokens, as one more branch; none = off "
+                             "(default: the measured best, else off)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-k", type=int, default=None)
@@ -70,6 +74,18 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.checkpoint is not None and not Path(args.checkpoint).is_dir():
         raise UsageError(f"checkpoint directory {args.checkpoint} does not exist")
+    for path in _datastore_files(args) or ():
+        if not Path(path).is_file():
+            raise UsageError(f"--datastore: {path} is not a file")
+    if args.datastore not in (None, "none") and args.method == "autoregressive":
+        raise UsageError("--datastore needs a drafting method (linear or quadratic), not autoregressive")
+
+
+def _datastore_files(args: argparse.Namespace) -> list[str] | None:
+    """--datastore as files ([] for none, None when not given)."""
+    if args.datastore is None:
+        return None
+    return [] if args.datastore == "none" else [path for path in args.datastore.split(",") if path]
 
 
 def _read_prompts(args: argparse.Namespace) -> list[tuple[str, dict]]:
@@ -114,18 +130,24 @@ def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
     prompts = _read_prompts(args)
     # torch / transformers: imported only once the arguments are read
-    from ..api import EXPLICIT, chosen_checkpoint, decoding_settings, load_mtp
+    from ..api import EXPLICIT, chosen_checkpoint, decoding_settings, load_datastore, load_mtp
     from ..config import CheckpointError
+    from ..datastore import DatastoreError
     from ..decoding import generate
     from ..models import ModelSourceError, encode_prompt
 
     checkpoint = chosen_checkpoint(args.model, args.checkpoint)
     try:
         model, tokenizer = load_mtp(args.model, checkpoint, k=args.k or 8, cpu_linear=args.cpu_linear)
-        method, k, groups, lookup, tree_budget, cost_aware, source = decoding_settings(
-            model, checkpoint, args.method, args.k, args.groups, args.lookup, args.tree_budget, args.cost_aware)
+        method, k, groups, lookup, tree_budget, cost_aware, source, files = decoding_settings(
+            model, checkpoint, args.method, args.k, args.groups, args.lookup, args.tree_budget, args.cost_aware,
+            _datastore_files(args))
     except (CheckpointError, ModelSourceError) as error:
         raise UsageError(str(error)) from None
+    try:
+        datastore = None if method == "autoregressive" else load_datastore(model, files, args.datastore is not None)
+    except DatastoreError as error:
+        raise UsageError(f"--datastore: {error}") from None
     if checkpoint is None:
         log.warning("no checkpoint: a fresh, untrained adapter drafts (output stays exact, drafts are poor)")
     try:  # the settings as completed from the checkpoint's measured defaults
@@ -149,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         trace = generate(model, ids, method=method, k=k, max_new_tokens=max_new,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                          eos_token_ids=eos_ids, tokenizer=tokenizer, groups=groups, on_chunk=streamer,
-                         lookup=lookup, tree_budget=tree_budget, cost_aware=cost_aware)
+                         lookup=lookup, tree_budget=tree_budget, cost_aware=cost_aware, datastore=datastore)
         metrics = trace.metrics()
         if args.json:
             record = {**passthrough, "text": trace.text, "token_ids": trace.token_ids, **metrics,
@@ -159,12 +181,14 @@ def run(args: argparse.Namespace) -> int:
             if method != "autoregressive":
                 record["lookup"], record["tree_budget"] = lookup, tree_budget
                 record["cost_aware"] = cost_aware
+                record["datastore"] = datastore.source if datastore is not None else None
             print(json.dumps(record), flush=True)
         else:
             streamer.finish(trace.text)
             print(f"{method} k={trace.k}{'' if groups is None else f' groups={groups}'}"
                   f"{f' lookup={lookup}' if lookup else ''}{f' tree={tree_budget}' if tree_budget else ''}"
-                  f"{' cost-aware' if cost_aware and method != 'autoregressive' else ''}: "
+                  f"{' cost-aware' if cost_aware and method != 'autoregressive' else ''}"
+                  f"{' + datastore' if datastore is not None else ''}: "
                   f"{trace.new_tokens} tokens "
                   f"in {trace.forward_passes} passes (τ {trace.tokens_per_step:.2f}, draft acceptance "
                   f"{trace.draft_acceptance_rate:.2f}), {trace.seconds:.2f} s, {trace.tokens_per_second:.1f} tokens/s, "
