@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -111,6 +112,21 @@ def decoding_settings(model: MTPModel, checkpoint_dir: str | Path | None, method
     return DecodingSettings(entry["method"], k, groups, lookup, tree_budget, cost_aware, source, given_store)
 
 
+@functools.lru_cache(maxsize=4)
+def _datastore(files: tuple[tuple[str, int, int], ...], vocab_size: int) -> Datastore:
+    """Loaded once per process and file version (path, mtime, size): the bench and the demo's race
+    decode with it again and again."""
+    return Datastore.from_distilled([path for path, _, _ in files], vocab_size=vocab_size)
+
+
+def _version(path: str | Path) -> tuple[str, int, int]:
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return str(path), 0, 0  # Datastore.from_distilled says what is wrong with it
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
 def load_datastore(model: MTPModel, files: Sequence[str | Path], required: bool = True) -> Datastore | None:
     """The datastore of these self-distilled data files for this model (None: no files). Missing or
     unusable files raise DatastoreError naming them; unless `required` (files the user named), they
@@ -118,7 +134,7 @@ def load_datastore(model: MTPModel, files: Sequence[str | Path], required: bool 
     if not files:
         return None
     try:
-        return Datastore.from_distilled(files, vocab_size=model.base.config.vocab_size)
+        return _datastore(tuple(map(_version, files)), model.base.config.vocab_size)
     except DatastoreError as error:
         if required:
             raise

@@ -18,6 +18,9 @@ from .layouts import chain_parents, tree_positions
 from .sampling import Sampling
 
 
+MASKS, LOOKUP, DATASTORE = "masks", "prompt lookup", "datastore"  # where drafts come from (Draft.sources)
+
+
 class MaskGroup(NamedTuple):
     """A k-mask group on the accepted path: it guesses the k tokens after `bonus`."""
 
@@ -37,17 +40,23 @@ class Draft:
     Nodes come parents first. probs: under sampling, the proposal q each chain token was drawn from
     (None: the tokens are a deterministic proposal, verified as one-hot q). scores: the drafter's
     probability of reaching each node (trees only): which nodes get mask groups depends on it.
+    sources: the drafters its tokens came from (MASKS, LOOKUP, DATASTORE), for traces and the demo.
     """
 
     tokens: list[int] = field(default_factory=list)
     parents: list[int] = field(default_factory=list)
     probs: torch.Tensor | None = None
     scores: list[float] | None = None
-    looked_up: bool = False
+    sources: tuple[str, ...] = ()
 
     @staticmethod
-    def chain(tokens: Sequence[int], probs: torch.Tensor | None = None, looked_up: bool = False) -> "Draft":
-        return Draft(list(tokens), chain_parents(len(tokens)), probs, None, looked_up)
+    def chain(tokens: Sequence[int], probs: torch.Tensor | None = None, source: str = MASKS) -> "Draft":
+        return Draft(list(tokens), chain_parents(len(tokens)), probs, None, (source,) if tokens else ())
+
+    @property
+    def looked_up(self) -> bool:
+        """It holds prompt-lookup drafts (a pass verifying them carries no mask group, methods.CostAware)."""
+        return LOOKUP in self.sources
 
     @property
     def is_chain(self) -> bool:
@@ -75,17 +84,17 @@ class Draft:
             path.append(node)
         return path
 
-    def grafted(self, tokens: Sequence[int], looked_up: bool = True) -> "Draft":
+    def grafted(self, tokens: Sequence[int], source: str = LOOKUP) -> "Draft":
         """This tree with the chain `tokens` added from t_0, sharing the nodes it already has (a trie:
         siblings stay distinct tokens, as tree verification needs). Its new nodes score 0: the drafter
         did not propose them, so they never come before its own nodes for mask groups (a draft without
         scores, a chain, counts as scored 0 too). Deterministic drafts only (probs None): under
-        sampling, siblings are verified by recursive rejection. looked_up: the result counts as a
-        prompt-lookup draft (the grafted tokens came from lookup, or the draft already did)."""
+        sampling, siblings are verified by recursive rejection. source: the drafter `tokens` came from."""
         if self.probs is not None:
             raise ValueError("drafts graft only onto a deterministic draft")
         scores = list(self.scores) if self.scores is not None else [0.0] * len(self.tokens)
-        grown = Draft(list(self.tokens), list(self.parents), None, scores, looked_up)
+        sources = self.sources + (source,) * (source not in self.sources)
+        grown = Draft(list(self.tokens), list(self.parents), None, scores, sources)
         children, node = self.children(), -1
         for token in tokens:
             node_children = children.setdefault(node, [])
@@ -245,7 +254,7 @@ class _GrowingTree:
         kept.sort(key=lambda i: (self.depths[i], -self.scores[i]))
         new_index = {old: new for new, old in enumerate(kept)}
         return Draft([self.tokens[i] for i in kept], [new_index.get(self.parents[i], -1) for i in kept], None,
-                     [self.scores[i] for i in kept])
+                     [self.scores[i] for i in kept], (MASKS,) if kept else ())
 
 
 def mask_trees(model: MTPModel, groups: Sequence[MaskGroup], budget: int, width: int = TREE_WIDTH,
@@ -348,8 +357,8 @@ class DatastoreDrafts:
         if not found or draft.probs is not None:
             return draft
         if not draft.tokens:
-            return Draft.chain(found)
-        return draft.grafted(found, looked_up=draft.looked_up)
+            return Draft.chain(found, source=DATASTORE)
+        return draft.grafted(found, DATASTORE)
 
 
 # Prompt lookup: the context's last 3-gram, else 2-gram, looked up at its most recent earlier
@@ -389,4 +398,4 @@ class PromptLookup:
             masks = self.fallback.propose(context, group, sampling)
             if masks.tokens:
                 return masks.grafted(found)
-        return Draft.chain(found, looked_up=True)
+        return Draft.chain(found, source=LOOKUP)

@@ -26,13 +26,15 @@ class Step:
     # accepted path (draft indices, root first).
     parents: list[int] = field(default_factory=list)
     path: list[int] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # the drafters the drafts came from (drafting.Draft.sources)
 
     @staticmethod
     def of(draft: "Draft", path: list[int], bonus: int, seconds: float, input_length: int, new_tokens: int) -> "Step":
         tree = not draft.is_chain
         return Step(drafts=list(draft.tokens), accepted=len(path), bonus=bonus, seconds=seconds,
                     input_length=input_length, new_tokens=new_tokens, looked_up=draft.looked_up,
-                    parents=list(draft.parents) if tree else [], path=list(path) if tree else [])
+                    parents=list(draft.parents) if tree else [], path=list(path) if tree else [],
+                    sources=list(draft.sources))
 
     @property
     def accepted_path(self) -> list[int]:

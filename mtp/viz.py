@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .probe import VIEW_TITLES, LosslessResult, ProbeResult
+from .drafting import DATASTORE
 from .layouts import tree_positions
 from .trace import Step, Trace
 
@@ -132,10 +133,18 @@ def _style(kind: str) -> str:
 
 
 def draft_source(step: Step) -> str:
-    """Where a step's drafts came from: the masks, prompt lookup, or both (lookup grafted onto a tree)."""
+    """Where a step's drafts came from: the masks, prompt lookup, the datastore, or several (grafted
+    onto one tree). Steps stored without sources tell lookup from the masks only."""
+    if step.sources:
+        return " + ".join(step.sources)
     if step.looked_up:
         return "masks + prompt lookup" if step.parents else "prompt lookup"
     return "masks" if step.drafts else "–"
+
+
+def _looked_up(step: Step) -> bool:
+    """Its drafts hold copies: from the prompt (lookup) or from the model's past answers (datastore)."""
+    return step.looked_up or DATASTORE in step.sources
 
 
 def accept_reject_html(trace: Trace, tokenizer=None, upto_step: int | None = None) -> str:
@@ -144,10 +153,10 @@ def accept_reject_html(trace: Trace, tokenizer=None, upto_step: int | None = Non
     shown = trace.steps if upto_step is None else trace.steps[:max(0, upto_step)]
     spans = []
     for number, step in enumerate(shown, start=1):
-        # Drafts from prompt lookup (alone, or grafted onto the masks' tree): underlined, the tooltip says so.
-        source, underline = ((f" from {draft_source(step)}", "border-bottom:2px dashed #8e44ad;") if step.looked_up
-                             else ("", ""))
-        spans.append(f'<span class="mtp-step{" mtp-lookup" if step.looked_up else ""}" data-step="{number}" '
+        # Drafts looked up (alone, or grafted onto the masks' tree): underlined, the tooltip says from where.
+        copied = _looked_up(step)
+        source, underline = (f" from {draft_source(step)}", "border-bottom:2px dashed #8e44ad;") if copied else ("", "")
+        spans.append(f'<span class="mtp-step{" mtp-lookup" if copied else ""}" data-step="{number}" '
                      f'title="step {number}: {step.accepted}/{len(step.drafts)} drafts{source} accepted" '
                      f'style="border-left:1px dotted #999;margin-left:1px;{underline}">')
         for kind, token in step_tokens(step):
@@ -160,9 +169,12 @@ def accept_reject_html(trace: Trace, tokenizer=None, upto_step: int | None = Non
                          f'tree (see the tree view)" style="color:{COLORS["rejected"]}">✗{rejected}</sup>')
         spans.append("</span>")
     looked_up = sum(s.looked_up for s in shown)
+    retrieved = sum(DATASTORE in s.sources for s in shown)
     status = (f"step {len(shown)} of {len(trace.steps)} · {len(output_tokens(shown))} tokens · "
               f"{sum(s.accepted for s in shown)} of {sum(len(s.drafts) for s in shown)} drafts accepted"
-              + (f" · prompt-lookup drafts in {looked_up} of them (dashed underline)" if looked_up else ""))
+              + (f" · prompt-lookup drafts in {looked_up} of them" if looked_up else "")
+              + (f" · datastore drafts in {retrieved} of them" if retrieved else "")
+              + (" (dashed underline)" if looked_up or retrieved else ""))
     return (legend_html() + f'<div class="mtp-status" style="font-size:0.85em;color:#666">{status}</div>'
             f'<div class="mtp-output" style="white-space:pre-wrap;line-height:1.7;font-family:monospace">'
             + "".join(spans) + "</div>")

@@ -238,6 +238,12 @@ def test_predict_prices_lookup_passes_of_trees_grafted_or_with_more_groups_than_
     (["--methods", "linear", "--groups", "2"], "--groups applies to the quadratic"),
     (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
     (["--methods", "prompt_lookup", "--save-defaults"], "--save-defaults needs --cost-curve"),
+    (["--methods", "quadratic", "--datastore", "on"], "--datastore on/both needs --datastore-files"),
+    (["--methods", "quadratic", "--datastore-files", "x.jsonl"], "--datastore on/both needs --datastore-files"),
+    (["--methods", "quadratic", "--datastore", "on", "--datastore-files", "/no/x.jsonl"], "not found: /no/x.jsonl"),
+    (["--methods", "autoregressive", "--datastore", "on", "--datastore-files", __file__],
+     "--datastore applies to the linear and quadratic"),
+    (["--methods", "quadratic", "--datastore", "on", "--datastore-files", __file__], "--datastore-files: "),
 ])
 def test_bad_input_exits_2(tiny, tmp_path, capsys, extra, message):
     assert main(bench_args(tiny, tmp_path / "out", *extra)) == 2
@@ -443,3 +449,32 @@ def test_group_counts_and_tree_budgets_side_by_side(tiny, tmp_path):
     assert sorted(agreement) == sorted(names) and all(a["same_passes"] == a["prompts"] == 3 for a in agreement.values())
     page = (out / "results.md").read_text()
     assert all(f"## τ (tokens per step), {name.replace(' k=2', '')}\n" in page for name in names)
+
+
+def test_datastore_runs_are_measured_beside_the_others_and_saved_relative_to_the_checkpoint(tiny, tmp_path,
+                                                                                            monkeypatch):
+    """--datastore both: each run also decoded with datastore drafts, named, identical to `generate`, left
+    out of the replay check; saved as the defaults, its files are named relative to the checkpoint."""
+    out, data = tmp_path / "out", tmp_path / "data" / "own.jsonl"
+    data.parent.mkdir()
+    data.write_text("".join(json.dumps({"prompt_ids": [5, 6, 7], "response_ids": list(range(8, 40))}) + "\n"
+                            for _ in range(2)))
+    checkpoint = shutil.copytree(tiny / "ckpt", tmp_path / "ckpt")
+    choose = bench.choose_decoded_defaults
+
+    def datastore_fastest(report: dict, settings: bench.Settings) -> dict | None:
+        report["summary"]["all"]["runs"]["quadratic k=2 G=1 tree 4 + datastore"]["tokens_per_second"] = 1e9
+        return choose(report, settings)
+    monkeypatch.setattr(bench, "choose_decoded_defaults", datastore_fastest)
+    assert main(bench_args(tiny, out, "--limit", "1", "--k-list", "2", "--max-new-tokens", "12", "--methods",
+                           "quadratic", "--groups", "1", "--tree-budget", "4", "--datastore", "both",
+                           "--datastore-files", str(data), "--tau-table", "--checkpoint", str(checkpoint),
+                           "--save-defaults")) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert report["mismatches"] == []
+    assert sorted(report["summary"]["all"]["runs"]) == ["quadratic k=2 G=1 tree 4", "quadratic k=2 G=1 tree 4 + datastore"]
+    assert list(report["summary"]["all"]["tau_table"]["replay_agreement"]) == ["quadratic k=2 G=1 tree 4"]
+    assert {run["datastore"] for entry in report["prompts"] for run in entry["runs"]} == {False, True}
+    assert report["defaults"]["datastore"] == [str(data)]
+    assert read_decoding_defaults(checkpoint, "cpu")["datastore"] == ["../data/own.jsonl"]
+    assert f"datastore drafts from {data}" in (out / "results.md").read_text()

@@ -7,7 +7,7 @@ import pytest
 from decoding_helpers import greedy_reference, random_prompt, tiny_mtp
 
 from mtp.decoding import generate
-from mtp.drafting import Draft
+from mtp.drafting import LOOKUP, Draft
 from mtp.methods import CostAware, PathEnd, Quadratic
 
 CHAIN = Draft.chain([5, 6, 7])
@@ -52,7 +52,7 @@ def test_a_switch_brings_probes_back_to_the_short_interval() -> None:
 
 def test_passes_verifying_lookup_drafts_carry_no_group() -> None:
     policy = CostAware(Quadratic(2, 3))
-    looked_up = Draft.chain([5, 6, 7], looked_up=True)
+    looked_up = Draft.chain([5, 6, 7], source=LOOKUP)
     assert policy.anchors(looked_up) == [] and policy.fed_masks  # counted as the "on" regime's pass
     assert policy.anchors(CHAIN) == [-1, 0]
 

@@ -8,6 +8,7 @@ import torch
 from decoding_helpers import (chi_square, chi_square_critical, first_marginals, greedy_reference, oracle,
                               random_prompt, tiny_mtp)
 from mtp import decoding
+from mtp.datastore import Datastore
 from mtp.decoding import generate
 from mtp.drafting import Draft, LeftoverMasks, MaskGroup
 from mtp.sampling import Sampling, distribution
@@ -352,6 +353,21 @@ def test_speculative_sampling_with_lookup_grafted_onto_trees_matches_plain_distr
     assert all(trace.steps[1].looked_up and len(trace.steps[1].drafts) > TREE_BUDGET for trace in traces)
     marginals = first_marginals(model, prompt, VOCAB, TEMPERATURE)
     stats = _statistics(_sample_counts(model, prompt, "quadratic", tree_budget=TREE_BUDGET, lookup=4), marginals)
+    assert all(statistic < critical for statistic, critical in stats), stats
+
+
+def test_speculative_sampling_with_datastore_drafts_matches_plain_distribution(sampling_model) -> None:
+    """Datastore drafts grafted onto the masks' tree are one more deterministic branch: still exact."""
+    model, prompt = sampling_model
+    # After the first sampled token x, the context's last 3 tokens (prompt[-2:], x) continue with 1, 2.
+    store = Datastore.build([prompt[-2:] + [token, 1, 2] for token in range(VOCAB)] * 2)
+    traces = [generate(model, prompt, k=3, max_new_tokens=3, temperature=TEMPERATURE, seed=seed,
+                       tree_budget=TREE_BUDGET, datastore=store) for seed in range(20)]
+    grafted = sum(len(trace.steps[1].drafts) > TREE_BUDGET for trace in traces)
+    assert grafted >= 15  # the datastore's branch joins the tree unless the tree already holds it
+    marginals = first_marginals(model, prompt, VOCAB, TEMPERATURE)
+    stats = _statistics(_sample_counts(model, prompt, "quadratic", tree_budget=TREE_BUDGET, datastore=store),
+                        marginals)
     assert all(statistic < critical for statistic, critical in stats), stats
 
 

@@ -108,6 +108,9 @@ def test_race_lanes_name_their_settings():
     # A cost-aware default is a lane of its own, even where its layout equals another lane's.
     aware = race.race_lanes(4, MEASURED._replace(groups=5, lookup=0, cost_aware=True))
     assert len(aware) == 5 and aware[-1].cost_aware and "mask groups only while they pay" in aware[-1].settings
+    # So is a default with datastore drafts; it decodes with the measured files.
+    stored = race.race_lanes(4, MEASURED._replace(groups=5, lookup=0, datastore=("data.jsonl.gz",)))
+    assert len(stored) == 5 and stored[-1].datastore == ("data.jsonl.gz",) and "datastore drafts" in stored[-1].settings
 
 
 def test_machine_serialises_races_and_sees_other_requests():

@@ -103,6 +103,36 @@ def test_tree_budget_decodes_the_same_tokens(tiny, tmp_path) -> None:
     assert result.returncode == 0 and " tree=12: 10 tokens in " in result.stderr.splitlines()[-1], result.stderr
 
 
+def test_datastore_decodes_the_same_tokens(tiny, tmp_path) -> None:
+    """--datastore FILE drafts from self-distilled data: the JSON and the summary say so, the tokens are
+    generate's; the checkpoint's defaults name their datastore relative to the checkpoint."""
+    model_dir, checkpoint, loaded = tiny
+    reference = _reference(loaded, "Count to five.", 12)
+    data = tmp_path / "own.jsonl"
+    sample = {"prompt_ids": encode_prompt(loaded.tokenizer, "Count to five."), "response_ids": reference}
+    data.write_text((json.dumps(sample) + "\n") * 2)
+    common = ("--prompt", "Count to five.", "--model", str(model_dir), "--max-new-tokens", "12", "--k", "3",
+              "--method", "quadratic", "--tree-budget", "4", "--json")
+    result = mtp_generate(*common, "--checkpoint", str(checkpoint), "--datastore", str(data))
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["datastore"] == str(data) and record["token_ids"] == reference
+    assert record["steps"] < 12  # its own answer, drafted back from the datastore
+    measured = tmp_path / "measured"
+    shutil.copytree(checkpoint, measured)
+    write_decoding_defaults(measured, "cpu", {"method": "quadratic", "k": 3, "groups": 1, "tokens_per_step": 2.0,
+                                              "machine": "test", "torch_threads": 1, "created": "now",
+                                              "command": "test", "datastore": ["../own.jsonl"]})
+    result = mtp_generate(*common[:-1], "--checkpoint", str(measured))
+    assert result.returncode == 0 and " + datastore: " in result.stderr.splitlines()[-1], result.stderr
+    result = mtp_generate(*common, "--checkpoint", str(measured), "--datastore", "none")
+    assert result.returncode == 0 and json.loads(result.stdout)["datastore"] is None, result.stderr
+    data.unlink()  # the defaults' datastore is gone: decoding goes on without it, and says so
+    result = mtp_generate(*common, "--checkpoint", str(measured))
+    assert result.returncode == 0 and json.loads(result.stdout)["datastore"] is None, result.stderr
+    assert "decoding without the checkpoint's datastore" in result.stderr
+
+
 @pytest.mark.slow
 def test_cost_aware_decodes_the_same_tokens(tiny) -> None:
     """--cost-aware: the JSON and the summary say so, the tokens are generate's."""
@@ -216,6 +246,8 @@ def test_cpu_linear_choice(tiny) -> None:
     (["--prompt", "x", "--top-k", "0"], "--top-k must be at least 1"),
     (["--prompt", "x", "--tree-budget", "300"], "--tree-budget must be between 0 and 256"),
     (["--prompt", "x", "--method", "autoregressive", "--tree-budget", "8"], "--tree-budget needs a drafting method"),
+    (["--prompt", "x", "--datastore", "/no/such/data.jsonl.gz"], "--datastore: /no/such/data.jsonl.gz is not a file"),
+    (["--prompt", "x", "--method", "autoregressive", "--datastore", "README.md"], "--datastore needs a drafting method"),
 ])
 def test_bad_input_before_loading(args: list[str], message: str) -> None:
     result = mtp_generate(*args)
@@ -224,7 +256,7 @@ def test_bad_input_before_loading(args: list[str], message: str) -> None:
     assert result.stdout == "" and len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
 
 
-@pytest.mark.parametrize("case", ["k_too_large", "prompt_too_long", "no_prompts", "bad_config"])
+@pytest.mark.parametrize("case", ["k_too_large", "prompt_too_long", "no_prompts", "bad_config", "bad_datastore"])
 def test_bad_input_needing_the_model(tiny, tmp_path, case: str) -> None:
     model_dir, checkpoint, _ = tiny
     base = ["--model", str(model_dir), "--checkpoint", str(checkpoint)]
@@ -240,6 +272,11 @@ def test_bad_input_needing_the_model(tiny, tmp_path, case: str) -> None:
         (broken / adapter.CONFIG_FILE).write_text(json.dumps({**config, "base": "smollm2"}))
         result = mtp_generate("--prompt", "hi", "--model", str(model_dir), "--checkpoint", str(broken))
         message = "holds an invalid config: base must be an object"
+    elif case == "bad_datastore":
+        path = tmp_path / "prompts.jsonl"  # prompts, not self-distilled data
+        path.write_text('{"prompt": "hi"}\n')
+        result = mtp_generate("--prompt", "hi", *base, "--datastore", str(path))
+        message = "--datastore: " + f"{path} holds no sample longer than 3 tokens"
     else:
         path = tmp_path / "bad.jsonl"
         path.write_text('{"text": "no prompt field"}\nnot json\n')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from threading import Thread
 
 import pytest
@@ -12,6 +13,7 @@ from transformers import PreTrainedTokenizerFast, TextIteratorStreamer
 
 from mtp import adapter
 from mtp.config import CheckpointError
+from mtp.datastore import DatastoreError
 from mtp.decoding import generate as mtp_generate
 from mtp.hf_generate import entry_path
 from mtp.options import OptionError
@@ -59,6 +61,21 @@ def test_entry_equals_plain_greedy_generate(model, checkpoint, method, k, cost_a
         assert out.dtype == torch.long and out.tolist() == reference.tolist(), (method, seed)
     # The adapter stays attached to the model: its own generate is unchanged (the gate is closed).
     assert model.generate(ids, do_sample=False, max_new_tokens=24, pad_token_id=0).tolist() == reference.tolist()
+
+
+def test_entry_drafts_from_a_datastore(model, checkpoint, tmp_path, monkeypatch) -> None:
+    """mtp_datastore: the model's own answers drafted back, the output still plain greedy generate's."""
+    monkeypatch.setenv("MTP_CACHE", str(tmp_path / "cache"))
+    ids = torch.tensor([random_prompt(3, 9, 128)])
+    reference = model.generate(ids, do_sample=False, max_new_tokens=24, pad_token_id=0)
+    data = tmp_path / "own.jsonl"
+    sample = {"prompt_ids": ids[0].tolist(), "response_ids": reference[0, 9:].tolist()}
+    data.write_text((json.dumps(sample) + "\n") * 2)
+    out = mtp_call(model, ids, checkpoint, max_new_tokens=24, mtp_method="quadratic", mtp_k=2,
+                   mtp_tree_budget=4, mtp_datastore=[str(data)])
+    assert out.tolist() == reference.tolist()
+    with pytest.raises(DatastoreError, match="cannot read datastore source"):
+        mtp_call(model, ids, checkpoint, max_new_tokens=4, mtp_datastore=[str(tmp_path / "missing.jsonl")])
 
 
 def test_entry_follows_generation_config(model, checkpoint) -> None:

@@ -10,7 +10,7 @@ from decoding_helpers import greedy_reference, random_prompt, tiny_mtp
 
 from mtp.acceptance import draft_matches, graft_key, leftover_key, lookup_matches, replay, tree_key, tree_match
 from mtp.decoding import generate
-from mtp.drafting import Draft, MaskChain, MaskGroup, draft_candidates, mask_tree
+from mtp.drafting import DATASTORE, MASKS, Draft, MaskChain, MaskGroup, draft_candidates, mask_tree
 from mtp.layouts import ancestor_matrix, chain_parents, step_layout, tree_positions
 from mtp.methods import Linear, PathEnd, Quadratic
 from mtp.sampling import Sampling
@@ -242,15 +242,16 @@ def test_lookup_grafted_tree_replay_equals_decoding() -> None:
 def test_grafted_draft_is_a_trie_over_the_tree_and_the_chain() -> None:
     #        t_0 -> 7 (0.6) -> 8 (0.3)
     #            -> 9 (0.2)
-    tree = Draft([7, 9, 8], [-1, -1, 0], None, [0.6, 0.2, 0.3])
+    tree = Draft([7, 9, 8], [-1, -1, 0], None, [0.6, 0.2, 0.3], (MASKS,))
     grown = tree.grafted([7, 8, 4, 5])  # shares 7 -> 8, then two new nodes under 8
     assert grown.tokens == [7, 9, 8, 4, 5] and grown.parents == [-1, -1, 0, 2, 3]
     assert grown.scores == [0.6, 0.2, 0.3, 0.0, 0.0] and grown.looked_up
     assert grown.follow([7, 8, 4, 5, 1]) == [0, 2, 3, 4] and grown.follow([9, 3]) == [1]
     assert grown.group_order(4)[:4] == tree.group_order(4)  # the drafter's own nodes come first
     assert tree.grafted([5]).parents == [-1, -1, 0, -1] and tree.tokens == [7, 9, 8]  # the tree is not changed
-    chain = Draft.chain([1, 2]).grafted([1, 3], looked_up=False)  # a chain has no scores: its nodes count as 0
+    assert grown.sources == ("masks", "prompt lookup") and tree.grafted([7]).sources == ("masks", "prompt lookup")
+    chain = Draft.chain([1, 2]).grafted([1, 3], DATASTORE)  # a chain has no scores: its nodes count as 0
     assert chain.tokens == [1, 2, 3] and chain.parents == [-1, 0, 0] and chain.scores == [0.0] * 3
-    assert not chain.looked_up and chain.group_order(2)[:3] == [-1, 0, 1]
+    assert chain.sources == ("masks", "datastore") and not chain.looked_up and chain.group_order(2)[:3] == [-1, 0, 1]
     with pytest.raises(ValueError, match="deterministic draft"):
         Draft.chain([1, 2], torch.tensor([[0.5, 0.5], [0.5, 0.5]])).grafted([1])

@@ -107,6 +107,20 @@ def test_steps_table():
     assert viz.draft_source(grafted) == "masks + prompt lookup"  # a lookup chain grafted onto the masks' tree
 
 
+def test_datastore_drafts_are_named_and_underlined():
+    """A step whose draft holds the datastore's chain says so (tooltip, table, status) and is underlined
+    like prompt-lookup drafts."""
+    retrieved = Step([3, 4, 5], 1, 6, 0.1, 5, 2, parents=[-1, -1, 1], path=[1], sources=["masks", "datastore"])
+    trace = Trace(method="quadratic", k=2, prompt_ids=[1], token_ids=[2, 4, 6],
+                  steps=[Step([], 0, 2, 0.1, 1, 1), retrieved])
+    assert viz.draft_source(retrieved) == "masks + datastore"
+    assert list(viz.steps_table(trace, LetterTokenizer())["drafts from"]) == ["–", "masks + datastore"]
+    page = viz.accept_reject_html(trace, LetterTokenizer())
+    step = [e for e in elements(page) if "mtp-step" in e.classes][1]
+    assert "mtp-lookup" in step.classes and "from masks + datastore" in step.attrs["title"]
+    assert "datastore drafts in 1 of them (dashed underline)" in page and "prompt-lookup drafts in" not in page
+
+
 def test_offset_acceptance_figure():
     fig = viz.offset_acceptance_figure(recorded_trace())
     bar = fig.data[0]

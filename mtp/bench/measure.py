@@ -5,7 +5,6 @@ the machine a measurement was made on."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform
@@ -25,7 +24,6 @@ from .. import acceptance, decoding
 from ..adapter import MTPModel
 from ..api import load_datastore
 from ..data import PromptRecord
-from ..datastore import Datastore
 from ..models import encode_prompt
 from ..options import eos_token_ids
 from .runs import BASELINE, Run, Settings, run_name, runs_of, tree_configs
@@ -64,12 +62,6 @@ def run_generate(model: MTPModel, prompt_ids: list[int], settings: Settings, eos
     return {"token_ids": token_ids, "new_tokens": len(token_ids), "steps": passes[0], "seconds": seconds}
 
 
-@functools.lru_cache(maxsize=2)
-def _datastore(model: MTPModel, files: tuple[str, ...]) -> Datastore | None:
-    """The runs' datastore, loaded once."""
-    return load_datastore(model, files)
-
-
 def run_mtp(model: MTPModel, prompt_ids: list[int], run: Run, settings: Settings, eos: list[int]) -> dict:
     """One engine generation, timed from outside like the baseline; the trace's metrics kept."""
     device = model.mask_embeddings.device
@@ -79,7 +71,7 @@ def run_mtp(model: MTPModel, prompt_ids: list[int], run: Run, settings: Settings
         model, prompt_ids, method=run.method, k=run.k, max_new_tokens=settings.max_new_tokens, eos_token_ids=eos,
         use_sampler=settings.use_sampler, lookup=settings.prompt_lookup_tokens if run.lookup else 0,
         groups=run.groups, tree_budget=run.tree_budget, cost_aware=run.cost_aware,
-        datastore=_datastore(model, settings.datastore_files) if run.datastore else None)
+        datastore=load_datastore(model, settings.datastore_files) if run.datastore else None)
     sync(device)
     seconds = time.perf_counter() - start
     return {

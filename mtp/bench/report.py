@@ -122,7 +122,9 @@ def markdown(report: dict) -> str:
         parts += ["", f"Chosen defaults, the fastest MTP setting {'predicted' if predicted else 'decoded'} (written "
                       f"to `{DEFAULTS_FILE}`): method {best['method']}, k {best['k']}, groups {best['groups'] or '–'}, "
                       f"lookup drafts {best['lookup'] or 'off'}, draft tree {best.get('tree_budget') or 'off (a chain)'}"
-                      f"{', cost-aware' if best['cost_aware'] else ''}; {'predicted ' if predicted else ''}"
+                      f"{', cost-aware' if best['cost_aware'] else ''}"
+                      f"{', datastore drafts from ' + ', '.join(best['datastore']) if best.get('datastore') else ''}; "
+                      f"{'predicted ' if predicted else ''}"
                       f"{speedup:.2f}× {'autoregressive' if predicted else '`generate`'}, so {verdict} than plain "
                       "decoding on this device."]
     return "\n".join(parts) + "\n"

@@ -41,6 +41,7 @@ def summarize(results: list[dict], settings: Settings) -> dict:
             runs = [run for e in entries for run in e["runs"] if run_of(run) == name]
             stats = _aggregate(runs)
             stats.update(method=name.method, k=name.k, lookup=name.lookup, cost_aware=name.cost_aware,
+                         datastore=name.datastore,
                          mismatches=sum(run["mismatch_at"] is not None for run in runs))
             stats["speedup_vs_generate"] = stats["tokens_per_second"] / baseline["tokens_per_second"]
             if name.k is not None:
@@ -90,8 +91,8 @@ def tau_table(entries: list[dict], settings: Settings) -> dict:
     chain_drafter = acceptance.DRAFTERS[0] if settings.use_sampler else acceptance.DRAFTERS[1]
     agreement = {}
     for name in runs_of(settings):
-        if name.method not in DRAFTING_METHODS or name.cost_aware:  # cost-aware runs depend on timing: no replay
-            continue
+        if name.method not in DRAFTING_METHODS or name.cost_aware or name.datastore:
+            continue  # cost-aware runs depend on timing, and the replay has no datastore drafts
         drafter, grafted = acceptance.replayed_drafter(chain_drafter, name.k, name.tree_budget,
                                                        settings.prompt_lookup_tokens if name.lookup else 0)
         # One prompt's replayed τ equals its decoded τ exactly when the pass counts are equal.

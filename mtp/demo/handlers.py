@@ -12,7 +12,7 @@ import gradio as gr
 
 from .. import viz
 from ..adapter import MTPModel
-from ..api import DecodingSettings, decoding_settings
+from ..api import DecodingSettings, decoding_settings, load_datastore
 from ..decoding import generate
 from ..options import check_decoding, eos_token_ids
 from ..probe import future_probe, lossless_check
@@ -85,6 +85,7 @@ class Demo:
             defaults = (f"decoding defaults: {chosen.method}, k = {chosen.k}"
                         + (f", {chosen.groups} mask groups" if chosen.groups else "")
                         + (f", up to {chosen.lookup} prompt-lookup drafts" if chosen.lookup else "")
+                        + (", datastore drafts" if chosen.datastore else "")
                         + (", mask groups only while they pay" if chosen.cost_aware else "")
                         + f" ({chosen.source})")
             return f"✅ Ready: {where} (k = {model.k}){trained} — {defaults}"
@@ -136,8 +137,9 @@ class Demo:
     @friendly
     def generate(self, prompt, model_name, checkpoint, method, k, temperature, max_new_tokens, seed,
                  lookup_drafts=False, tree_budget=0):
-        """lookup_drafts: mix in prompt-lookup drafts (off by default: this tab shows the masks' own drafts);
-        tree_budget: nodes of a draft tree per pass (0: a chain)."""
+        """lookup_drafts: mix in prompt-lookup drafts, and the datastore's where the checkpoint's defaults
+        name one (off by default: this tab shows the masks' own drafts); tree_budget: nodes of a draft
+        tree per pass (0: a chain)."""
         model, tokenizer, ids, k = self.request(prompt, model_name, checkpoint, k)
         check_decoding(method=method)
         max_new_tokens = check_int(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS)
@@ -145,12 +147,15 @@ class Demo:
         seed = check_int(seed, "seed", 0, MAX_SEED)
         tree_budget = check_int(tree_budget, "draft tree nodes", 0, MAX_TREE_NODES) if method != "autoregressive" else 0
         chosen = self.settings(model, checkpoint, method, k)
-        lookup = (chosen.lookup or LOOKUP_DRAFTS) if lookup_drafts and method != "autoregressive" else 0
+        mixed = lookup_drafts and method != "autoregressive"
+        lookup = (chosen.lookup or LOOKUP_DRAFTS) if mixed else 0
+        datastore = load_datastore(model, chosen.datastore, required=False) if mixed else None
         with self.machine.busy():
             trace = on_torch_thread(generate, model, ids, method=method, k=k, max_new_tokens=max_new_tokens,
                                     temperature=temperature, seed=seed,
                                     eos_token_ids=eos_token_ids(tokenizer, model.base.generation_config),
-                                    tokenizer=tokenizer, groups=chosen.groups, lookup=lookup, tree_budget=tree_budget)
+                                    tokenizer=tokenizer, groups=chosen.groups, lookup=lookup, tree_budget=tree_budget,
+                                    datastore=datastore)
         texts = token_texts(tokenizer, [t for s in trace.steps for t in s.drafts + [s.bonus]])
         state = {"trace": dataclasses.asdict(trace), "texts": {str(t): s for t, s in texts.items()}}
         steps = len(trace.steps)

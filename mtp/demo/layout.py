@@ -62,7 +62,8 @@ def build(demo_state: Demo, default_model: str, default_checkpoint: str) -> gr.B
                 with gr.Row():
                     gen_tree = gr.Slider(0, MAX_TREE_NODES, value=0, step=1, elem_id="gen-tree",
                                          label="Draft tree: nodes per pass (0 = one chain, the paper's drafts)")
-                    gen_lookup = gr.Checkbox(False, label="Mix in prompt-lookup drafts (copies from the prompt)",
+                    gen_lookup = gr.Checkbox(False, label="Mix in looked-up drafts (copies from the prompt, and from the "
+                                                   "datastore of the model's own past answers)",
                                              elem_id="gen-lookup")
                 gen_button = gr.Button("Generate", variant="primary", elem_id="gen-run")
                 gen_metrics = gr.Markdown(elem_id="gen-metrics")

@@ -17,7 +17,7 @@ import gradio as gr
 
 from .. import viz
 from ..adapter import MTPModel
-from ..api import BUILT_IN, EXPLICIT, DecodingSettings
+from ..api import BUILT_IN, EXPLICIT, DecodingSettings, load_datastore
 from ..decoding import generate
 from ..trace import Trace
 from . import speed
@@ -38,6 +38,7 @@ class Lane:
     lookup: int = 0  # prompt-lookup drafts per pass
     tree_budget: int = 0  # draft-tree nodes per pass (0: a chain)
     cost_aware: bool = False  # mask groups only while they pay (decoding.generate's cost_aware)
+    datastore: tuple[str, ...] = ()  # self-distilled data files whose datastore drafts too (api.load_datastore)
 
     @property
     def settings(self) -> str:
@@ -52,6 +53,8 @@ class Lane:
         if self.tree_budget:
             parts.append(f"a draft tree of up to {self.tree_budget} nodes")
         parts.append(f"up to {self.lookup} lookup drafts" if self.lookup else "no lookup drafts")
+        if self.datastore:
+            parts.append("datastore drafts")
         if self.cost_aware:
             parts.append("mask groups only while they pay")
         return " · ".join(parts)
@@ -60,7 +63,7 @@ class Lane:
     def decoding(self) -> tuple:
         """What decodes: lanes with equal tuples decode the same way."""
         groups = (self.groups or self.k + 1) if self.method == "quadratic" else None
-        return self.method, self.k, groups, self.lookup, self.tree_budget, self.cost_aware
+        return self.method, self.k, groups, self.lookup, self.tree_budget, self.cost_aware, self.datastore
 
     @property
     def label(self) -> str:
@@ -87,7 +90,7 @@ def race_lanes(k: int, measured: DecodingSettings) -> list[Lane]:
              Lane("tree", "quadratic with a draft tree", "quadratic", k, k + 1, 0, tree_lane_budget(k))]
     if measured.source not in (BUILT_IN, EXPLICIT):
         default = Lane("default", "measured default", measured.method, measured.k, measured.groups, measured.lookup,
-                       measured.tree_budget, measured.cost_aware)
+                       measured.tree_budget, measured.cost_aware, measured.datastore)
         if all(lane.decoding != default.decoding for lane in lanes):
             lanes.append(default)
     return lanes
@@ -171,6 +174,7 @@ class Race:
     def _decode(self, lane: Lane, max_new_tokens: int) -> Trace:
         return generate(self.model, self.prompt_ids, method=lane.method, k=lane.k, groups=lane.groups,
                         lookup=lane.lookup, tree_budget=lane.tree_budget, cost_aware=lane.cost_aware,
+                        datastore=load_datastore(self.model, lane.datastore, required=False),
                         max_new_tokens=max_new_tokens, eos_token_ids=self.eos, tokenizer=self.tokenizer)
 
     def _timed_lanes(self) -> dict[str, Trace]:
@@ -236,9 +240,10 @@ class Race:
         if self.cost is None:
             return None
         lanes = [self.lanes[slot] for slot in traces if slot != "autoregressive"]
-        # A cost-aware lane's passes depend on timings: no replay predicts it, so it shows its measured point only.
+        # A cost-aware lane's passes depend on timings, and the replay has no datastore drafts: no replay
+        # predicts such a lane, so it shows its measured point only.
         lines = [speed.LineSpec(lane.title, lane.method, lane.groups, lane.lookup, lane.tree_budget)
-                 for lane in lanes if not lane.cost_aware]
+                 for lane in lanes if not lane.cost_aware and not lane.datastore]
         panels = speed.predicted_lines(self.model, self.prompt_ids, traces["autoregressive"].token_ids, self.cost,
                                        lines)
         if not panels:

@@ -27,13 +27,14 @@ mask group after every draft so fresh drafts survive any rejection. Drag the sli
 **Draft trees:** with a node budget, each pass verifies a tree of the masks' top candidates instead of one
 chain — when the top guess at some depth is wrong, a sibling often is right, so the accepted path goes
 deeper. The plot draws the tree of the step you replay to: the accepted path in green, rejected branches in
-red, the bonus token in blue. This tab shows the masks' own drafts; prompt-lookup drafts (copies of earlier
-text) are a toggle.""",
+red, the bonus token in blue. This tab shows the masks' own drafts; looked-up drafts (copies of earlier
+text, and of what the model wrote after the same few words in its training answers: the datastore) are a
+toggle.""",
     "race": """**What you see.** The same prompt decoded greedily in up to five lanes: *autoregressive* (one
 forward pass per token), *linear*, the paper's *quadratic* layout (a mask group after every draft, so fresh
 drafts survive any rejection), the same layout verifying a *draft tree* of the masks' top candidates (a
 wrong top guess is often rescued by a sibling) and the checkpoint's *measured default* for this device (often fewer mask groups plus
-prompt-lookup drafts: cheaper passes on a small CPU). Each lane names its settings. **The lanes are timed
+prompt-lookup and datastore drafts: cheaper passes on a small CPU). Each lane names its settings. **The lanes are timed
 first**, one after another at full speed with nothing drawn in the page, so your browser never competes
 with the measurement; then they are **replayed side by side at their true pace**. One race runs at a time:
 a second visitor waits for the machine (the other tabs stay usable). The check at the bottom compares the
