@@ -102,7 +102,8 @@ class Datastore:
         """The table of self-distilled data files (`mtp distill`'s JSONL / JSONL.gz), cached under
         the model cache by the files' contents."""
         paths = [Path(p) for p in paths]
-        digest = hashlib.sha256(f"format {FORMAT} {NGRAMS} {MIN_COUNT} {MIN_SHARE} {PROMPT_TAIL}".encode())
+        # vocab_size is in the key: it decides which samples are kept.
+        digest = hashlib.sha256(f"format {FORMAT} {NGRAMS} {MIN_COUNT} {MIN_SHARE} {PROMPT_TAIL} {vocab_size}".encode())
         for path in paths:
             try:
                 digest.update(path.read_bytes())
