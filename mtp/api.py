@@ -75,15 +75,19 @@ class DecodingSettings(NamedTuple):
 def decoding_settings(model: MTPModel, checkpoint_dir: str | Path | None, method: str | None = None,
                       k: int | None = None, groups: int | None = None,
                       lookup: int | None = None, tree_budget: int | None = None,
-                      cost_aware: bool | None = None, datastore: Sequence[str] | None = None) -> DecodingSettings:
+                      cost_aware: bool | None = None,
+                      datastore: str | Path | Sequence[str | Path] | None = None) -> DecodingSettings:
     """(method, k, groups, lookup, tree_budget, cost_aware, source, datastore) to decode with.
 
     Given values win. The rest comes from the checkpoint's measured defaults for the model's device
     type (`python -m mtp bench --save-defaults`), else quadratic with the checkpoint's k and no lookup.
     The source says where the defaults came from: "measured on <machine> (<created>)", "built-in", or
     "explicit" when the method's layout was fully given (lookup, trees, cost-awareness and the
-    datastore then default to off). The entry's datastore files are relative to the checkpoint.
+    datastore then default to off). The entry's datastore files are relative to the checkpoint;
+    datastore may be one file or several ([] = off).
     """
+    if isinstance(datastore, (str, Path)):  # one file, not a sequence of one-letter paths
+        datastore = [datastore]
     given_store = tuple(str(path) for path in datastore or ())
     unmeasured = (lookup or 0, tree_budget or 0, False if cost_aware is None else cost_aware)  # all off unless given
     if method is not None and k is not None and (groups is not None or method != "quadratic"):

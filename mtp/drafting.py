@@ -353,8 +353,10 @@ class DatastoreDrafts:
 
     def propose(self, context: list[int], group: MaskGroup | None, sampling: Sampling) -> Draft:
         draft = self.drafter.propose(context, group, sampling)
+        if draft.probs is not None:
+            return draft
         found = self.datastore.drafts(context)
-        if not found or draft.probs is not None:
+        if not found:
             return draft
         if not draft.tokens:
             return Draft.chain(found, source=DATASTORE)

@@ -116,7 +116,7 @@ def generate(model: PreTrainedModel, inputs: torch.Tensor | None = None,
 
     mtp_checkpoint (required): the MTP checkpoint directory trained on this model.
     mtp_method, mtp_k, mtp_groups, mtp_lookup, mtp_tree_budget, mtp_cost_aware: as in mtp.decoding.generate;
-    mtp_datastore: self-distilled data files to draft from (api.load_datastore; [] = off); unset ones come
+    mtp_datastore: a self-distilled data file or a list of them to draft from (api.load_datastore; [] = off); unset ones come
     from the checkpoint's measured defaults (api.decoding_settings).
     max_new_tokens / max_length and eos_token_id come from the call or the model's generation_config.
     """

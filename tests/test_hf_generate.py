@@ -74,6 +74,9 @@ def test_entry_drafts_from_a_datastore(model, checkpoint, tmp_path, monkeypatch)
     out = mtp_call(model, ids, checkpoint, max_new_tokens=24, mtp_method="quadratic", mtp_k=2,
                    mtp_tree_budget=4, mtp_datastore=[str(data)])
     assert out.tolist() == reference.tolist()
+    out = mtp_call(model, ids, checkpoint, max_new_tokens=24, mtp_method="quadratic", mtp_k=2,
+                   mtp_datastore=str(data))  # one file: a path, not a list of one-letter paths
+    assert out.tolist() == reference.tolist()
     with pytest.raises(DatastoreError, match="cannot read datastore source"):
         mtp_call(model, ids, checkpoint, max_new_tokens=4, mtp_datastore=[str(tmp_path / "missing.jsonl")])
 
