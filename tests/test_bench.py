@@ -244,6 +244,8 @@ def test_predict_prices_lookup_passes_of_trees_grafted_or_with_more_groups_than_
     (["--methods", "autoregressive", "--datastore", "on", "--datastore-files", __file__],
      "--datastore applies to the linear and quadratic"),
     (["--methods", "quadratic", "--datastore", "on", "--datastore-files", __file__], "--datastore-files: "),
+    (["--methods", "quadratic", "--k-list", "2", "--groups", "1", "--only", "quadratic k=2 G=1 + lookup"],
+     "--only: no run named 'quadratic k=2 G=1 + lookup'; the options give: 'quadratic k=2 G=1'"),
 ])
 def test_bad_input_exits_2(tiny, tmp_path, capsys, extra, message):
     assert main(bench_args(tiny, tmp_path / "out", *extra)) == 2
@@ -449,6 +451,19 @@ def test_group_counts_and_tree_budgets_side_by_side(tiny, tmp_path):
     assert sorted(agreement) == sorted(names) and all(a["same_passes"] == a["prompts"] == 3 for a in agreement.values())
     page = (out / "results.md").read_text()
     assert all(f"## τ (tokens per step), {name.replace(' k=2', '')}\n" in page for name in names)
+
+
+def test_only_the_named_runs_of_the_combinations(tiny, tmp_path):
+    """--only RUN (repeated): of the combinations --tree-budget / --lookup make, just those runs."""
+    out = tmp_path / "out"
+    wanted = ["quadratic k=2 G=1 + lookup", "quadratic k=2 G=1 tree 4"]
+    assert main(bench_args(tiny, out, "--limit", "1", "--k-list", "2", "--max-new-tokens", "12", "--methods",
+                           "quadratic,prompt_lookup", "--groups", "1", "--tree-budget", "0,4", "--lookup", "both",
+                           *(arg for name in wanted for arg in ("--only", name)))) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert report["mismatches"] == []
+    assert sorted(report["summary"]["all"]["runs"]) == wanted
+    assert all(len(entry["runs"]) == 2 for entry in report["prompts"])
 
 
 def test_datastore_runs_are_measured_beside_the_others_and_saved_relative_to_the_checkpoint(tiny, tmp_path,

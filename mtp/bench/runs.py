@@ -34,6 +34,8 @@ class Settings:
     cost_aware: str = "off"  # linear/quadratic runs with decoding's cost_aware option: off, on, or both
     datastore: str = "off"  # linear/quadratic runs with datastore drafts: off, on, or both
     datastore_files: tuple[str, ...] = ()  # the self-distilled data they draft from (api.load_datastore)
+    # Of all those combinations, only the runs with these names (run_name); empty: all of them.
+    only: tuple[str, ...] = ()
 
 
 class Run(NamedTuple):
@@ -59,7 +61,7 @@ def runs_of(settings: Settings) -> list[Run]:
                         for k in settings.k_list for groups in groups_of(settings, method, k)
                         for budget in settings.tree_budgets for lookup in LOOKUP_RUNS[settings.lookup]
                         for aware in LOOKUP_RUNS[settings.cost_aware] for store in LOOKUP_RUNS[settings.datastore])
-    return runs
+    return [run for run in runs if run_name(run) in settings.only] if settings.only else runs
 
 
 def run_of(result: dict) -> Run:

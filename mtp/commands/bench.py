@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shlex
@@ -52,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or both (each run measured with and without)")
     parser.add_argument("--datastore-files", default=None, metavar="FILE[,FILE...]",
                         help="self-distilled data (`mtp distill` output) the --datastore runs draft from")
+    parser.add_argument("--only", action="append", default=None, metavar="RUN",
+                        help="measure only this run of all the combinations the other options make, named as in the "
+                             "report (e.g. 'quadratic k=4 G=1 tree 8 + lookup cost-aware'); repeat for several")
     parser.add_argument("--no-chat-template", action="store_true", help="feed prompts raw, without the chat template")
     parser.add_argument("--tau-table", action="store_true",
                         help="also τ of linear and quadratic at every k up to the checkpoint's, with and without the "
@@ -185,6 +189,15 @@ def run(args: argparse.Namespace) -> int:
                               tau_table_k=model.k if args.tau_table or args.cost_curve or tau_trees else 0,
                               tree_budgets=tree_budgets, tau_trees=tau_trees, cost_aware=args.cost_aware,
                               datastore=args.datastore, datastore_files=datastore_files)
+    if args.only:
+        offered = [bench.run_name(run) for run in bench.runs_of(settings)]
+        unknown = [name for name in args.only if name not in offered]
+        if unknown:
+            raise UsageError(f"--only: no run named {', '.join(map(repr, unknown))}; the options give: "
+                             f"{', '.join(map(repr, offered))}")
+        settings = dataclasses.replace(settings, only=tuple(args.only))
+        kept = {run.method for run in bench.runs_of(settings)}  # a method none of whose runs is kept is not measured
+        settings = dataclasses.replace(settings, methods=tuple(m for m in settings.methods if m in kept))
     try:
         load_datastore(model, datastore_files)  # refuse unusable files before measuring anything
     except DatastoreError as error:
