@@ -27,17 +27,25 @@ _saving: set[Path] = set()  # targets this process is saving right now: recover(
 _saving_lock = threading.Lock()
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """Write a temp file beside `path`, then rename it over: an interruption leaves the old file whole."""
+@contextlib.contextmanager
+def staged_file(path: str | Path) -> Iterator[Path]:
+    """A temp file beside `path` for the block to write, renamed over `path` when the block ends (removed
+    if it fails): an interruption leaves the old file whole."""
     path = Path(path)
     # Per process and thread: concurrent writers never share a staging file.
     staging = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
-        staging.write_text(text, encoding="utf-8")
+        yield staging
         os.replace(staging, path)
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically (staged_file)."""
+    with staged_file(path) as staging:
+        staging.write_text(text, encoding="utf-8")
 
 
 def _alive(pid: int) -> bool:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from .atomic import staged_file
 from .data import read_distilled
 from .models import cache_root
 
@@ -53,6 +52,13 @@ def _window_hashes(tokens: np.ndarray, n: int) -> np.ndarray:
         for j in range(n):
             value = value * np.uint64(_MULTIPLIER) + tokens[j:len(tokens) - n + 1 + j].astype(np.uint64) + np.uint64(1)
     return value
+
+
+def distilled_sequences(paths: Sequence[str | Path], vocab_size: int | None = None) -> list[list[int]]:
+    """What the table is built from: each self-distilled sample's response after its prompt's last
+    PROMPT_TAIL tokens."""
+    return [sample["prompt_ids"][-PROMPT_TAIL:] + sample["response_ids"]
+            for path in paths for _, sample in read_distilled(path, vocab_size)]
 
 
 class DatastoreError(ValueError):
@@ -118,20 +124,13 @@ class Datastore:
             except (OSError, ValueError, KeyError) as error:  # a damaged cache is rebuilt, not trusted
                 log.warning("rebuilding the datastore: cached table %s unreadable (%s)", cached, error)
         try:
-            sequences = [sample["prompt_ids"][-PROMPT_TAIL:] + sample["response_ids"]
-                         for path in paths for _, sample in read_distilled(path, vocab_size)]
+            sequences = distilled_sequences(paths, vocab_size)
         except (OSError, EOFError) as error:  # e.g. a truncated .gz
             raise DatastoreError(f"cannot read datastore source {source}: {error}") from None
         store = cls.build(sequences, source)
         cached.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(dir=cached.parent, suffix=".npz.tmp")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                np.savez(out, keys=store.keys, tokens=store.tokens)
-            os.replace(staging, cached)
-        finally:
-            if os.path.exists(staging):
-                os.unlink(staging)
+        with staged_file(cached) as staging, open(staging, "wb") as out:  # a file handle: savez names it as given
+            np.savez(out, keys=store.keys, tokens=store.tokens)
         log.info("datastore: %d contexts from %s", len(store.keys), source)
         return store
 

@@ -190,14 +190,14 @@ def run(args: argparse.Namespace) -> int:
                               tree_budgets=tree_budgets, tau_trees=tau_trees, cost_aware=args.cost_aware,
                               datastore=args.datastore, datastore_files=datastore_files)
     if args.only:
-        offered = [bench.run_name(run) for run in bench.runs_of(settings)]
+        offered = {bench.run_name(run): run for run in bench.runs_of(settings)}
         unknown = [name for name in args.only if name not in offered]
         if unknown:
             raise UsageError(f"--only: no run named {', '.join(map(repr, unknown))}; the options give: "
                              f"{', '.join(map(repr, offered))}")
-        settings = dataclasses.replace(settings, only=tuple(args.only))
-        kept = {run.method for run in bench.runs_of(settings)}  # a method none of whose runs is kept is not measured
-        settings = dataclasses.replace(settings, methods=tuple(m for m in settings.methods if m in kept))
+        kept = {offered[name].method for name in args.only}  # a method none of whose runs is kept is not measured
+        settings = dataclasses.replace(settings, only=tuple(args.only),
+                                       methods=tuple(m for m in settings.methods if m in kept))
     try:
         load_datastore(model, datastore_files)  # refuse unusable files before measuring anything
     except DatastoreError as error:

@@ -22,7 +22,7 @@ from mtp import datastore  # noqa: E402
 from mtp.acceptance import draft_matches, tree_key  # noqa: E402
 from mtp.api import load_mtp  # noqa: E402
 from mtp.data import read_distilled  # noqa: E402
-from mtp.drafting import lookup_drafts  # noqa: E402
+from mtp.drafting import Draft, lookup_drafts  # noqa: E402
 
 DATA = "assets/distilled/smollm2_mix_14572.jsonl.gz"
 VARIANTS = [((6, 5, 4, 3), 8), ((6, 5, 4, 3, 2), 8), ((6, 5, 4, 3), 4), ((6, 5, 4, 3), 16), ((4, 3), 8)]
@@ -35,15 +35,12 @@ for sample in samples:
     ids = sample["prompt_ids"] + sample["response_ids"][:128]
     matches = draft_matches(model, ids, len(sample["prompt_ids"]), trees=[(4, 8)])[tree_key(4, 8)]
     trees.append((sample["domain"], ids, len(sample["prompt_ids"]), [m.accepted for m in matches]))
-sequences = [s["prompt_ids"][-datastore.PROMPT_TAIL:] + s["response_ids"]
-             for _, s in read_distilled(DATA)]
+sequences = datastore.distilled_sequences([DATA])
 
 
 def matched(draft: list[int], following: list[int]) -> int:
-    n = 0
-    while n < len(draft) and n < len(following) and draft[n] == following[n]:
-        n += 1
-    return n
+    """Drafts greedy verification accepts against the true continuation."""
+    return len(Draft.chain(draft).follow(following))
 
 
 for ngrams, max_drafts in VARIANTS:
